@@ -1,0 +1,175 @@
+"""The `nzip` command, in the manner of zstd/xz: keeps inputs, -o, -f, -T, -q/-v.
+
+    nzip pack model.safetensors            -> model.nz
+    nzip unpack model.nz                   -> model.safetensors (byte for byte)
+    nzip info model.nz
+    nzip verify model.nz
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .codecs import available
+from .errors import NzipError
+from .formats import container, safetensors
+
+
+def _progress(args, total: int, desc: str):
+    """A tqdm bar on a terminal (unless -q); otherwise a no-op."""
+    if args.quiet or not sys.stderr.isatty():
+        return contextlib.nullcontext(None)
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, desc=desc, leave=False)
+
+
+def _say(args, msg: str) -> None:
+    if not args.quiet:
+        print(msg, file=sys.stderr)
+
+
+def _codec_arg(value: str):
+    if value == "auto":
+        return "auto"
+    if value.startswith("{"):
+        return json.loads(value)
+    return value
+
+
+def cmd_pack(args) -> None:
+    src = Path(args.input)
+    dst = Path(args.output) if args.output else src.with_suffix(".nz")
+    if dst.resolve() == src.resolve():
+        raise NzipError("output would overwrite the input")
+    t0 = time.perf_counter()
+    with _progress(args, src.stat().st_size, f"pack {src.name}") as bar:
+        safetensors.pack(src, dst, codec=_codec_arg(args.codec), threads=args.threads,
+                         overwrite=args.force, progress=bar.update if bar else None)
+    _report(args, src, dst, time.perf_counter() - t0)
+
+
+def cmd_unpack(args) -> None:
+    src = Path(args.input)
+    with container.Container(src) as box:
+        if args.output:
+            dst = Path(args.output)
+        else:
+            dst = src.with_suffix(".safetensors") if src.suffix == ".nz" else Path(str(src) + ".out")
+        if dst.exists() and dst.resolve() == src.resolve():
+            raise NzipError("output would overwrite the input")
+        t0 = time.perf_counter()
+        with _progress(args, box.header.get("source", {}).get("size", 0), f"unpack {src.name}") as bar:
+            safetensors.unpack(box, dst, threads=args.threads, overwrite=args.force,
+                               progress=bar.update if bar else None)
+    _report(args, src, dst, time.perf_counter() - t0)
+
+
+def _report(args, src: Path, dst: Path, seconds: float) -> None:
+    a, b = src.stat().st_size, dst.stat().st_size
+    ratio = f"{b / a:.2%}" if a else "n/a"
+    _say(args, f"{src} : {ratio} ({a} => {b} bytes, {dst}) in {seconds:.2f} s")
+
+
+def cmd_info(args) -> None:
+    with container.Container(args.input) as box:
+        raw_total = packed_total = 0
+        rows = []
+        for name in box.keys():
+            e = box.entry(name)
+            itemsize = {"bfloat16": 2, "float16": 2, "float32": 4, "float64": 8, "int64": 8, "int32": 4,
+                        "uint64": 8, "uint32": 4, "int16": 2, "uint16": 2, "complex64": 8,
+                        "complex128": 16}.get(e["dtype"], 1)
+            n = 1
+            for d in e["shape"]:
+                n *= d
+            raw = n * itemsize
+            raw_total += raw
+            packed_total += e["size"]
+            rows.append((name, e["dtype"], "x".join(map(str, e["shape"])) or "scalar", e["codec"]["id"], raw, e["size"]))
+        if args.json:
+            print(json.dumps({"tensors": len(rows), "raw_bytes": raw_total, "packed_bytes": packed_total,
+                              "file_bytes": box.path.stat().st_size, "metadata": box.metadata(),
+                              "entries": [dict(zip(("name", "dtype", "shape", "codec", "raw", "packed"), r))
+                                          for r in rows]}, indent=1))
+            return
+        width = max([len(r[0]) for r in rows] + [4])
+        print(f"{'name':<{width}}  {'dtype':<13} {'shape':<16} {'codec':<9} {'raw':>12} {'packed':>12}  ratio")
+        for name, dtype, shape, codec, raw, packed in rows:
+            ratio = f"{packed / raw:.4f}" if raw else "-"
+            print(f"{name:<{width}}  {dtype:<13} {shape:<16} {codec:<9} {raw:>12} {packed:>12}  {ratio}")
+        total_ratio = f"{packed_total / raw_total:.4f}" if raw_total else "-"
+        print(f"{len(rows)} tensors, {raw_total} bytes raw, {packed_total} bytes packed ({total_ratio}), "
+              f"file {box.path.stat().st_size} bytes")
+
+
+def cmd_verify(args) -> None:
+    t0 = time.perf_counter()
+    with container.Container(args.input) as box:
+        box.verify(threads=args.threads)
+        _say(args, f"{args.input}: OK ({len(box)} tensors, every checksum and decode verified) "
+                   f"in {time.perf_counter() - t0:.2f} s")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nzip", description="Lossless and learned codecs for ML data.")
+    p.add_argument("-V", "--version", action="version", version=f"nzip {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp, output=True):
+        if output:
+            sp.add_argument("-o", "--output", help="output path")
+            sp.add_argument("-f", "--force", action="store_true", help="overwrite an existing output")
+        sp.add_argument("-T", "--threads", type=int, default=0, help="threads (0 = all cores, default)")
+        sp.add_argument("-q", "--quiet", action="store_true", help="no progress and no summary")
+        sp.add_argument("-v", "--verbose", action="store_true", help="print a traceback on error")
+
+    sp = sub.add_parser("pack", help="compress a .safetensors file into .nz (lossless)")
+    sp.add_argument("input")
+    sp.add_argument("--codec", default="auto",
+                    help=f"auto (per tensor, default) or one of: {', '.join(available())}; or a JSON config")
+    common(sp)
+    sp.set_defaults(func=cmd_pack)
+
+    sp = sub.add_parser("unpack", help="restore the original file from .nz, byte for byte")
+    sp.add_argument("input")
+    common(sp)
+    sp.set_defaults(func=cmd_unpack)
+
+    sp = sub.add_parser("info", help="list tensors, codecs, sizes and ratios")
+    sp.add_argument("input")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.set_defaults(func=cmd_info, quiet=False, verbose=False)
+
+    sp = sub.add_parser("verify", help="check every checksum and decode every tensor")
+    sp.add_argument("input")
+    common(sp, output=False)
+    sp.set_defaults(func=cmd_verify)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        print("nzip: interrupted; no partial output was left", file=sys.stderr)
+        return 130
+    except (NzipError, OSError, json.JSONDecodeError) as exc:
+        if getattr(args, "verbose", False):
+            raise
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"nzip: error: {msg}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,12 @@
+"""The codec registry and every codec that turns an array or tensor into bytes.
+
+    from nzip import codecs
+    blob = codecs.encode(tensor, "dfloat11")
+    same = codecs.decode(blob)
+"""
+
+from . import ans, dfloat11, planes, raw, zstd  # noqa: F401  (registers the built-in codecs)
+from .api import decode, encode
+from .registry import Codec, available, get, register
+
+__all__ = ["Codec", "available", "decode", "encode", "get", "register"]

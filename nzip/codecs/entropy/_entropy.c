@@ -1,0 +1,570 @@
+/*
+ * nzip's compiled hot loops: byte-plane transforms, histograms, interleaved rANS and
+ * block-parallel canonical Huffman (the DFloat11 layout). Everything here works on
+ * caller-provided buffers and releases the GIL, so Python threads run it in parallel.
+ *
+ * Table construction, parameter checks and formats stay in Python; this file only moves
+ * bits. Every decoder is bounds-checked: corrupt input gives an error code, never a read
+ * outside the buffers it was handed.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------------- helpers */
+
+static int get_buffers(Py_buffer *bufs, int n) {
+    for (int i = 0; i < n; i++) {
+        if (!PyBuffer_IsContiguous(&bufs[i], 'C')) {
+            PyErr_SetString(PyExc_ValueError, "nzip._entropy: buffers must be contiguous");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void release(Py_buffer *bufs, int n) {
+    for (int i = 0; i < n; i++) PyBuffer_Release(&bufs[i]);
+}
+
+static inline uint64_t load_be64(const uint8_t *p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return __builtin_bswap64(v);
+}
+
+/* ------------------------------------------------------------------ byte planes
+ * Multi-byte elements are split into planes, most significant byte first. For floats the
+ * element is first rotated left by one bit, so that the sign bit lands at the bottom and
+ * the top plane holds the exponent (exactly, for bf16 and fp32): the plane that
+ * compresses.
+ */
+
+#define ROTL(bits, v, r) ((r) ? (((v) << 1) | ((v) >> ((bits) - 1))) : (v))
+#define ROTR(bits, v, r) ((r) ? (((v) >> 1) | ((v) << ((bits) - 1))) : (v))
+
+static PyObject *planes_split(PyObject *self, PyObject *args) {
+    Py_buffer b[2];
+    int itemsize, rotate;
+    if (!PyArg_ParseTuple(args, "y*w*ip", &b[0], &b[1], &itemsize, &rotate)) return NULL;
+    if (get_buffers(b, 2) < 0 || b[0].len != b[1].len || b[0].len % itemsize) {
+        release(b, 2);
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "planes_split: bad sizes");
+        return NULL;
+    }
+    Py_ssize_t n = b[0].len / itemsize;
+    const uint8_t *src = b[0].buf;
+    uint8_t *dst = b[1].buf;
+    Py_BEGIN_ALLOW_THREADS
+    if (itemsize == 2) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            uint16_t v; memcpy(&v, src + 2 * i, 2);
+            v = (uint16_t)ROTL(16, v, rotate);
+            dst[i] = (uint8_t)(v >> 8); dst[n + i] = (uint8_t)v;
+        }
+    } else if (itemsize == 4) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            uint32_t v; memcpy(&v, src + 4 * i, 4);
+            v = ROTL(32, v, rotate);
+            dst[i] = v >> 24; dst[n + i] = v >> 16; dst[2 * n + i] = v >> 8; dst[3 * n + i] = v;
+        }
+    } else if (itemsize == 8) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            uint64_t v; memcpy(&v, src + 8 * i, 8);
+            v = ROTL(64, v, rotate);
+            for (int k = 0; k < 8; k++) dst[k * n + i] = (uint8_t)(v >> (56 - 8 * k));
+        }
+    } else {
+        for (Py_ssize_t i = 0; i < n; i++) dst[i] = src[i];
+    }
+    Py_END_ALLOW_THREADS
+    release(b, 2);
+    Py_RETURN_NONE;
+}
+
+static PyObject *planes_join(PyObject *self, PyObject *args) {
+    Py_buffer b[2];
+    int itemsize, rotate;
+    if (!PyArg_ParseTuple(args, "y*w*ip", &b[0], &b[1], &itemsize, &rotate)) return NULL;
+    if (get_buffers(b, 2) < 0 || b[0].len != b[1].len || b[0].len % itemsize) {
+        release(b, 2);
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "planes_join: bad sizes");
+        return NULL;
+    }
+    Py_ssize_t n = b[0].len / itemsize;
+    const uint8_t *src = b[0].buf;
+    uint8_t *dst = b[1].buf;
+    Py_BEGIN_ALLOW_THREADS
+    if (itemsize == 2) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            uint16_t v = (uint16_t)((src[i] << 8) | src[n + i]);
+            v = (uint16_t)ROTR(16, v, rotate);
+            memcpy(dst + 2 * i, &v, 2);
+        }
+    } else if (itemsize == 4) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            uint32_t v = ((uint32_t)src[i] << 24) | ((uint32_t)src[n + i] << 16) |
+                         ((uint32_t)src[2 * n + i] << 8) | src[3 * n + i];
+            v = ROTR(32, v, rotate);
+            memcpy(dst + 4 * i, &v, 4);
+        }
+    } else if (itemsize == 8) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            uint64_t v = 0;
+            for (int k = 0; k < 8; k++) v = (v << 8) | src[k * n + i];
+            v = ROTR(64, v, rotate);
+            memcpy(dst + 8 * i, &v, 8);
+        }
+    } else {
+        for (Py_ssize_t i = 0; i < n; i++) dst[i] = src[i];
+    }
+    Py_END_ALLOW_THREADS
+    release(b, 2);
+    Py_RETURN_NONE;
+}
+
+/* histogram(src, counts_u64[256]): adds byte counts of src into counts. Four sub-tables
+ * break the store-to-load dependency on runs of equal bytes. */
+static PyObject *histogram(PyObject *self, PyObject *args) {
+    Py_buffer b[2];
+    if (!PyArg_ParseTuple(args, "y*w*", &b[0], &b[1])) return NULL;
+    if (get_buffers(b, 2) < 0 || b[1].len != 256 * 8) {
+        release(b, 2);
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "histogram: counts must be 256 uint64");
+        return NULL;
+    }
+    const uint8_t *src = b[0].buf;
+    uint64_t *counts = b[1].buf;
+    Py_ssize_t n = b[0].len;
+    Py_BEGIN_ALLOW_THREADS
+    uint32_t h[4][256];
+    memset(h, 0, sizeof h);
+    Py_ssize_t i = 0;
+    while (i < n) {
+        /* flush the 32-bit sub-counters before they could overflow */
+        Py_ssize_t stop = n - i > ((Py_ssize_t)1 << 30) ? i + ((Py_ssize_t)1 << 30) : n;
+        for (; i + 4 <= stop; i += 4) {
+            h[0][src[i]]++; h[1][src[i + 1]]++; h[2][src[i + 2]]++; h[3][src[i + 3]]++;
+        }
+        for (; i < stop; i++) h[0][src[i]]++;
+        for (int s = 0; s < 256; s++) {
+            counts[s] += (uint64_t)h[0][s] + h[1][s] + h[2][s] + h[3][s];
+            h[0][s] = h[1][s] = h[2][s] = h[3][s] = 0;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    release(b, 2);
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------------------- rANS
+ * 32-bit states kept in [L, 2^31) with L = 2^15, 16-bit little-endian words, probability
+ * precision P <= 12 bits, `lanes` interleaved states sharing one word stream: symbol i
+ * belongs to lane i % lanes. Stream = lanes final states (u32 LE) then the words in the
+ * order the decoder reads them. The encoder divides through exact reciprocals (the
+ * state stays below 2^31, where they are exact). The decoder's table packs
+ * symbol | (freq - 1) << 8 | (slot - start) << 20 into one u32 (P <= 12 makes it fit),
+ * so one load per symbol. Loops are specialised for common lane counts so that the
+ * states live in registers.
+ */
+
+#define RANS_L (1u << 15)
+#define MAX_LANES 32
+#define MAX_P 12
+
+typedef struct {
+    uint32_t x_max, rcp_freq, bias;
+    uint16_t cmpl_freq, rcp_shift;
+} enc_sym;
+
+static void enc_sym_init(enc_sym *s, uint32_t start, uint32_t freq, int P) {
+    s->x_max = ((RANS_L >> P) << 16) * freq;
+    s->cmpl_freq = (uint16_t)((1u << P) - freq);
+    if (freq < 2) {
+        s->rcp_freq = ~0u;
+        s->rcp_shift = 0;
+        s->bias = start + (1u << P) - 1;
+    } else {
+        uint32_t shift = 0;
+        while (freq > (1u << shift)) shift++;
+        s->rcp_freq = (uint32_t)(((1ull << (shift + 31)) + freq - 1) / freq);
+        s->rcp_shift = (uint16_t)(shift - 1);
+        s->bias = start;
+    }
+}
+
+static int check_freqs(const uint32_t *freq, int P) {
+    uint64_t total = 0;
+    for (int s = 0; s < 256; s++) total += freq[s];
+    return total == (1u << P);
+}
+
+static inline __attribute__((always_inline)) uint32_t enc_put(uint32_t v, const enc_sym *s, uint16_t **w) {
+    /* branch-free renormalisation: the word is always stored, the pointer moves only if needed */
+    uint32_t r = v >= s->x_max;
+    (*w)[-1] = (uint16_t)v;
+    *w -= r;
+    v >>= r << 4;
+    uint32_t q = (uint32_t)(((uint64_t)v * s->rcp_freq) >> 32) >> s->rcp_shift;
+    return v + s->bias + q * s->cmpl_freq;
+}
+
+static inline __attribute__((always_inline)) uint16_t *enc_loop(const uint8_t *sym, Py_ssize_t n,
+                                                               const enc_sym *tab, uint16_t *w,
+                                                               uint32_t *x, const int lanes) {
+    uint32_t st[MAX_LANES];
+    for (int j = 0; j < lanes; j++) st[j] = x[j];
+    Py_ssize_t i = n;
+    while (i % lanes) { i--; st[i % lanes] = enc_put(st[i % lanes], &tab[sym[i]], &w); }
+    while (i > 0) {
+        i -= lanes;
+        for (int j = lanes - 1; j >= 0; j--) st[j] = enc_put(st[j], &tab[sym[i + j]], &w);
+    }
+    for (int j = 0; j < lanes; j++) x[j] = st[j];
+    return w;
+}
+
+/* rans_encode(symbols u8, freq u32[256], P, lanes, dst) -> start offset of the stream in
+ * dst; the stream fills dst[start:]. dst needs 2*n + 4*lanes + 4 bytes. */
+static PyObject *rans_encode(PyObject *self, PyObject *args) {
+    Py_buffer b[3];
+    int P, lanes;
+    if (!PyArg_ParseTuple(args, "y*y*iiw*", &b[0], &b[1], &P, &lanes, &b[2])) return NULL;
+    Py_ssize_t n = b[0].len;
+    if (get_buffers(b, 3) < 0 || b[1].len != 256 * 4 || P < 1 || P > MAX_P || lanes < 1 ||
+        lanes > MAX_LANES || b[2].len < 2 * n + 4 * lanes + 4 || !check_freqs(b[1].buf, P)) {
+        release(b, 3);
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "rans_encode: bad arguments");
+        return NULL;
+    }
+    const uint8_t *sym = b[0].buf;
+    const uint32_t *freq = b[1].buf;
+    uint8_t *dst = b[2].buf;
+    int bad = 0;
+    uint8_t *ptr = dst;
+    Py_BEGIN_ALLOW_THREADS
+    enc_sym tab[256];
+    uint32_t start = 0;
+    for (int s = 0; s < 256; s++) {
+        enc_sym_init(&tab[s], start, freq[s] ? freq[s] : 1, P);
+        start += freq[s];
+    }
+    for (Py_ssize_t i = 0; i < n && !bad; i++) bad = freq[sym[i]] == 0;
+    if (!bad) {
+        uint32_t x[MAX_LANES];
+        for (int j = 0; j < lanes; j++) x[j] = RANS_L;
+        /* one spare word at the front: the branch-free store may write below the stream */
+        uint16_t *w = (uint16_t *)(dst + (b[2].len & ~(Py_ssize_t)1));
+        switch (lanes) {
+        case 4: w = enc_loop(sym, n, tab, w, x, 4); break;
+        case 8: w = enc_loop(sym, n, tab, w, x, 8); break;
+        case 16: w = enc_loop(sym, n, tab, w, x, 16); break;
+        default: w = enc_loop(sym, n, tab, w, x, lanes); break;
+        }
+        ptr = (uint8_t *)w - 4 * lanes;
+        for (int j = 0; j < lanes; j++) memcpy(ptr + 4 * j, &x[j], 4);
+    }
+    Py_END_ALLOW_THREADS
+    release(b, 3);
+    if (bad) {
+        PyErr_SetString(PyExc_ValueError, "rans_encode: symbol with zero frequency");
+        return NULL;
+    }
+    return PyLong_FromSsize_t(ptr - dst);
+}
+
+/* How a decoded symbol is written: plain bytes, or fused with the low byte plane into a
+ * 16-bit element (rotated right by one bit for floats: the inverse of planes_split). */
+typedef struct {
+    uint8_t *out8;
+    const uint8_t *low;
+    uint16_t *out16;
+    int rotate;
+} dec_sink;
+
+static inline __attribute__((always_inline)) void sink_put(const dec_sink *k, Py_ssize_t i, uint32_t s, const int fused) {
+    if (fused) {
+        uint16_t v = (uint16_t)((s << 8) | k->low[i]);
+        v = k->rotate ? (uint16_t)((v >> 1) | (v << 15)) : v;
+        memcpy(k->out16 + i, &v, 2);
+    } else {
+        k->out8[i] = (uint8_t)s;
+    }
+}
+
+/* returns the word pointer after decoding, or NULL if the stream ran out */
+static inline __attribute__((always_inline)) const uint16_t *dec_loop(
+        const uint32_t *tab, int P, uint32_t *x, const uint16_t *w, const uint16_t *wend,
+        Py_ssize_t n, const dec_sink *k, const int lanes, const int fused) {
+    const uint32_t mask = (1u << P) - 1;
+    uint32_t st[MAX_LANES];
+    for (int j = 0; j < lanes; j++) st[j] = x[j];
+    Py_ssize_t i = 0;
+    /* fast loop: branch-free renormalisation while a full group's words are surely there */
+    while (i + lanes <= n && wend - w >= lanes) {
+        for (int j = 0; j < lanes; j++) {
+            uint32_t v = st[j], e = tab[v & mask];
+            sink_put(k, i + j, e & 0xff, fused);
+            v = (((e >> 8) & 0xfff) + 1) * (v >> P) + (e >> 20);
+            uint32_t r = v < RANS_L, m = 0u - r; /* arithmetic select: a branch here mispredicts */
+            st[j] = (((v << 16) | *w) & m) | (v & ~m);
+            w += r;
+        }
+        i += lanes;
+    }
+    for (; i < n; i++) {
+        int j = (int)(i % lanes);
+        uint32_t v = st[j], e = tab[v & mask];
+        sink_put(k, i, e & 0xff, fused);
+        v = (((e >> 8) & 0xfff) + 1) * (v >> P) + (e >> 20);
+        if (v < RANS_L) {
+            if (w >= wend) return NULL;
+            v = (v << 16) | *w++;
+        }
+        st[j] = v;
+    }
+    for (int j = 0; j < lanes; j++) x[j] = st[j];
+    return w;
+}
+
+/* rans_decode(stream, freq u32[256], P, lanes, dst u8 [n]) -> bytes consumed, or -1 if
+ * the stream is corrupt (runs out, or the final states are not the initial ones).
+ * rans_decode_join16(stream, freq, P, lanes, low u8 [n], dst [2n], rotate): the same,
+ * writing 16-bit elements (decoded symbol = high byte, low[i] = low byte). */
+static PyObject *rans_decode_impl(PyObject *args, int fused) {
+    Py_buffer b[4];
+    int P, lanes, rotate = 0, nb = fused ? 4 : 3;
+    int okargs = fused ? PyArg_ParseTuple(args, "y*y*iiy*w*p", &b[0], &b[1], &P, &lanes, &b[3], &b[2], &rotate)
+                       : PyArg_ParseTuple(args, "y*y*iiw*", &b[0], &b[1], &P, &lanes, &b[2]);
+    if (!okargs) return NULL;
+    Py_ssize_t n = fused ? b[3].len : b[2].len;
+    if (get_buffers(b, nb) < 0 || b[1].len != 256 * 4 || P < 1 || P > MAX_P || lanes < 1 ||
+        lanes > MAX_LANES || !check_freqs(b[1].buf, P) || (fused && b[2].len != 2 * n)) {
+        release(b, nb);
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "rans_decode: bad arguments");
+        return NULL;
+    }
+    const uint8_t *src = b[0].buf;
+    Py_ssize_t srclen = b[0].len;
+    const uint32_t *freq = b[1].buf;
+    dec_sink k = {fused ? NULL : b[2].buf, fused ? b[3].buf : NULL, fused ? b[2].buf : NULL, rotate};
+    Py_ssize_t consumed = -1;
+    Py_BEGIN_ALLOW_THREADS
+    uint32_t *tab = malloc(sizeof(uint32_t) << P);
+    uint32_t x[MAX_LANES];
+    int ok = tab != NULL && srclen >= 4 * lanes;
+    if (ok) {
+        uint32_t start = 0;
+        for (int s = 0; s < 256; s++) {
+            for (uint32_t q = 0; q < freq[s]; q++) tab[start + q] = (uint32_t)s | ((freq[s] - 1) << 8) | (q << 20);
+            start += freq[s];
+        }
+        for (int j = 0; j < lanes; j++) {
+            memcpy(&x[j], src + 4 * j, 4);
+            if (x[j] < RANS_L || x[j] >= (1u << 31)) ok = 0;
+        }
+    }
+    if (ok) {
+        const uint16_t *w = (const uint16_t *)(src + 4 * lanes);
+        const uint16_t *wend = w + (srclen - 4 * lanes) / 2;
+        if (fused) {
+            switch (lanes) {
+            case 8: w = dec_loop(tab, P, x, w, wend, n, &k, 8, 1); break;
+            case 16: w = dec_loop(tab, P, x, w, wend, n, &k, 16, 1); break;
+            default: w = dec_loop(tab, P, x, w, wend, n, &k, lanes, 1); break;
+            }
+        } else {
+            switch (lanes) {
+            case 4: w = dec_loop(tab, P, x, w, wend, n, &k, 4, 0); break;
+            case 8: w = dec_loop(tab, P, x, w, wend, n, &k, 8, 0); break;
+            case 16: w = dec_loop(tab, P, x, w, wend, n, &k, 16, 0); break;
+            default: w = dec_loop(tab, P, x, w, wend, n, &k, lanes, 0); break;
+            }
+        }
+        ok = w != NULL;
+        for (int j = 0; ok && j < lanes; j++) ok = x[j] == RANS_L;
+        if (ok) consumed = (const uint8_t *)w - src;
+    }
+    free(tab);
+    Py_END_ALLOW_THREADS
+    release(b, nb);
+    return PyLong_FromSsize_t(consumed);
+}
+
+static PyObject *rans_decode(PyObject *self, PyObject *args) { return rans_decode_impl(args, 0); }
+static PyObject *rans_decode_join16(PyObject *self, PyObject *args) { return rans_decode_impl(args, 1); }
+
+/* ---------------------------------------------------------- Huffman, DFloat11 layout
+ * bf16 = sign | exponent(8) | mantissa(7). The exponent is Huffman coded, MSB-first into
+ * one bit stream; the sign+mantissa byte ((v >> 8) & 0x80 | v & 0x7f) is stored raw.
+ * The stream is cut into blocks of `block` elements; offsets[b] is the bit position
+ * where block b starts, so blocks decode independently (on CPU threads or GPU threads).
+ */
+
+static PyObject *bf16_split(PyObject *self, PyObject *args) {
+    Py_buffer b[3];
+    if (!PyArg_ParseTuple(args, "y*w*w*", &b[0], &b[1], &b[2])) return NULL;
+    Py_ssize_t n = b[0].len / 2;
+    if (get_buffers(b, 3) < 0 || b[0].len % 2 || b[1].len != n || b[2].len != n) {
+        release(b, 3);
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "bf16_split: bad sizes");
+        return NULL;
+    }
+    const uint8_t *src = b[0].buf;
+    uint8_t *exp = b[1].buf, *sm = b[2].buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint16_t v; memcpy(&v, src + 2 * i, 2);
+        exp[i] = (uint8_t)(v >> 7);
+        sm[i] = (uint8_t)(((v >> 8) & 0x80) | (v & 0x7f));
+    }
+    Py_END_ALLOW_THREADS
+    release(b, 3);
+    Py_RETURN_NONE;
+}
+
+/* huff_encode(exp u8, code u32[256], length u8[256], block, dst, offsets u64[nblocks])
+ * -> number of bits written. dst needs n*max_len/8 + 16 bytes; offsets are relative to
+ * dst. */
+static PyObject *huff_encode(PyObject *self, PyObject *args) {
+    Py_buffer b[5];
+    Py_ssize_t block;
+    if (!PyArg_ParseTuple(args, "y*y*y*nw*w*", &b[0], &b[1], &b[2], &block, &b[3], &b[4]))
+        return NULL;
+    Py_ssize_t n = b[0].len;
+    Py_ssize_t nblocks = block > 0 ? (n + block - 1) / block : -1;
+    const uint8_t *len = b[2].buf;
+    int maxlen = 0;
+    if (b[2].len == 256)
+        for (int s = 0; s < 256; s++) maxlen = len[s] > maxlen ? len[s] : maxlen;
+    if (get_buffers(b, 5) < 0 || b[1].len != 256 * 4 || b[2].len != 256 || block < 1 ||
+        maxlen > 32 || b[4].len != nblocks * 8 || b[3].len < (n * maxlen + 7) / 8 + 16) {
+        release(b, 5);
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "huff_encode: bad arguments");
+        return NULL;
+    }
+    const uint8_t *sym = b[0].buf;
+    const uint32_t *code = b[1].buf;
+    uint8_t *dst = b[3].buf;
+    uint64_t *offsets = b[4].buf;
+    int bad = 0;
+    uint64_t total = 0;
+    Py_BEGIN_ALLOW_THREADS
+    uint64_t acc = 0; /* bits are kept left-aligned in acc */
+    int nacc = 0;
+    uint8_t *p = dst;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (i % block == 0) offsets[i / block] = (uint64_t)(p - dst) * 8 + nacc;
+        uint32_t l = len[sym[i]];
+        if (!l) { bad = 1; break; }
+        acc |= (uint64_t)code[sym[i]] << (64 - nacc - l);
+        nacc += l;
+        if (nacc >= 32) {
+            uint32_t hi = __builtin_bswap32((uint32_t)(acc >> 32));
+            memcpy(p, &hi, 4);
+            p += 4; acc <<= 32; nacc -= 32;
+        }
+    }
+    total = (uint64_t)(p - dst) * 8 + nacc;
+    while (nacc > 0) { *p++ = (uint8_t)(acc >> 56); acc <<= 8; nacc -= 8; }
+    Py_END_ALLOW_THREADS
+    release(b, 5);
+    if (bad) {
+        PyErr_SetString(PyExc_ValueError, "huff_encode: symbol without a code");
+        return NULL;
+    }
+    return PyLong_FromUnsignedLongLong(total);
+}
+
+/* huff_decode_bf16(stream, lut u16[2^maxlen], maxlen, offsets u64, nbits, block, sm u8,
+ * dst (bf16 bytes), first_block, last_block) -> 0, or -1 if the stream is corrupt.
+ * lut[prefix] = length << 8 | symbol (length 0: no code has this prefix). The stream must
+ * be followed by 8 readable bytes (the format pads it). Four blocks decode in lockstep so
+ * that their dependency chains overlap. */
+#define HUFF_STEP(pos, outp, k)                                                       \
+    do {                                                                              \
+        uint16_t e = lut[(load_be64(stream + ((pos) >> 3)) << ((pos) & 7)) >> shift]; \
+        uint8_t s_ = sm[(outp) + (k)];                                                \
+        uint16_t v_ = (uint16_t)(((s_ & 0x80) << 8) | ((e & 0xff) << 7) | (s_ & 0x7f)); \
+        memcpy(dst + 2 * ((outp) + (k)), &v_, 2);                                     \
+        bad |= (e >> 8) == 0;                                                         \
+        (pos) += e >> 8;                                                              \
+    } while (0)
+
+static PyObject *huff_decode_bf16(PyObject *self, PyObject *args) {
+    Py_buffer b[5];
+    int maxlen;
+    unsigned long long nbits;
+    Py_ssize_t block, first, last;
+    if (!PyArg_ParseTuple(args, "y*y*iy*Kny*w*nn", &b[0], &b[1], &maxlen, &b[2], &nbits,
+                          &block, &b[3], &b[4], &first, &last))
+        return NULL;
+    Py_ssize_t n = b[3].len;
+    Py_ssize_t nblocks = block > 0 ? (n + block - 1) / block : -1;
+    if (get_buffers(b, 5) < 0 || maxlen < 1 || maxlen > 16 || b[1].len != (2 << maxlen) ||
+        block < 1 || b[2].len != nblocks * 8 || b[4].len != 2 * n || first < 0 ||
+        last > nblocks || first > last || nbits > (unsigned long long)(b[0].len - 8) * 8 ||
+        b[0].len < 8) {
+        release(b, 5);
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "huff_decode_bf16: bad arguments");
+        return NULL;
+    }
+    const uint8_t *stream = b[0].buf, *sm = b[3].buf;
+    const uint16_t *lut = b[1].buf;
+    const uint64_t *offsets = b[2].buf;
+    uint8_t *dst = b[4].buf;
+    const int shift = 64 - maxlen;
+    int bad = 0;
+    Py_BEGIN_ALLOW_THREADS
+    /* a block may only end where the next begins (or at nbits); offsets are checked first so
+     * that no read leaves the stream even on corrupt input: a block of `block` symbols
+     * reads at most block * maxlen bits past its start. */
+    for (Py_ssize_t k = first; k < last && !bad; k++) {
+        uint64_t end = k + 1 < nblocks ? offsets[k + 1] : nbits;
+        if (offsets[k] > end || end > nbits) bad = 1;
+    }
+    Py_ssize_t k = first;
+    for (; k + 4 <= last && !bad; k += 4) {
+        Py_ssize_t o0 = k * block, o1 = o0 + block, o2 = o1 + block, o3 = o2 + block;
+        Py_ssize_t cnt = o3 + block <= n ? block : 0; /* lockstep only for full blocks */
+        if (!cnt || offsets[k + 3] + (uint64_t)block * maxlen > nbits) break;
+        uint64_t p0 = offsets[k], p1 = offsets[k + 1], p2 = offsets[k + 2], p3 = offsets[k + 3];
+        for (Py_ssize_t i = 0; i < cnt; i++) {
+            HUFF_STEP(p0, o0, i); HUFF_STEP(p1, o1, i); HUFF_STEP(p2, o2, i); HUFF_STEP(p3, o3, i);
+        }
+        uint64_t e3 = k + 4 < nblocks ? offsets[k + 4] : nbits;
+        bad |= p0 != offsets[k + 1] || p1 != offsets[k + 2] || p2 != offsets[k + 3] || p3 != e3;
+    }
+    for (; k < last && !bad; k++) {
+        Py_ssize_t o = k * block, cnt = o + block <= n ? block : n - o;
+        uint64_t p = offsets[k], end = k + 1 < nblocks ? offsets[k + 1] : nbits;
+        for (Py_ssize_t i = 0; i < cnt && !bad; i++) {
+            if (p > nbits) { bad = 1; break; }
+            HUFF_STEP(p, o, i);
+        }
+        bad |= p != end;
+    }
+    Py_END_ALLOW_THREADS
+    release(b, 5);
+    return PyLong_FromLong(bad ? -1 : 0);
+}
+
+/* ------------------------------------------------------------------------- module */
+
+static PyMethodDef methods[] = {
+    {"planes_split", planes_split, METH_VARARGS, "planes_split(src, dst, itemsize, rotate)"},
+    {"planes_join", planes_join, METH_VARARGS, "planes_join(src, dst, itemsize, rotate)"},
+    {"histogram", histogram, METH_VARARGS, "histogram(src, counts_u64_256)"},
+    {"rans_encode", rans_encode, METH_VARARGS, "rans_encode(sym, freq, P, lanes, dst) -> start"},
+    {"rans_decode", rans_decode, METH_VARARGS, "rans_decode(src, freq, P, lanes, dst) -> consumed"},
+    {"rans_decode_join16", rans_decode_join16, METH_VARARGS, "rans_decode_join16(src, freq, P, lanes, low, dst, rotate) -> consumed"},
+    {"bf16_split", bf16_split, METH_VARARGS, "bf16_split(src, exp, sign_mantissa)"},
+    {"huff_encode", huff_encode, METH_VARARGS, "huff_encode(exp, code, length, block, dst, offsets) -> nbits"},
+    {"huff_decode_bf16", huff_decode_bf16, METH_VARARGS, "huff_decode_bf16(...) -> 0 or -1"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_entropy", "nzip's compiled entropy coders", -1, methods};
+
+PyMODINIT_FUNC PyInit__entropy(void) { return PyModule_Create(&module); }

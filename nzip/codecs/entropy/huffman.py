@@ -1,0 +1,97 @@
+"""Length-limited canonical Huffman codes over bytes, and their decode tables.
+
+Canonical: codes are assigned in order of (length, symbol), so the 256 code lengths are
+the whole table. Decoding looks the next `max_len` bits up in a table of 2**max_len
+entries, each `length << 8 | symbol` (length 0 marks a prefix no code uses).
+"""
+
+from __future__ import annotations
+
+import heapq
+
+import numpy as np
+
+from ...errors import CorruptDataError
+
+
+def code_lengths(counts: np.ndarray, limit: int) -> np.ndarray:
+    """Huffman code lengths (uint8[256], 0 for absent symbols), none longer than limit."""
+    symbols = [int(s) for s in np.flatnonzero(counts)]
+    lengths = np.zeros(256, np.int64)
+    if len(symbols) == 0:
+        return lengths.astype(np.uint8)
+    if len(symbols) == 1:
+        lengths[symbols[0]] = 1
+        return lengths.astype(np.uint8)
+    # plain Huffman on (count, tiebreak, members)
+    heap = [(int(counts[s]), s, [s]) for s in symbols]
+    heapq.heapify(heap)
+    tiebreak = 256
+    while len(heap) > 1:
+        c1, _, m1 = heapq.heappop(heap)
+        c2, _, m2 = heapq.heappop(heap)
+        for s in m1:
+            lengths[s] += 1
+        for s in m2:
+            lengths[s] += 1
+        heapq.heappush(heap, (c1 + c2, tiebreak, m1 + m2))
+        tiebreak += 1
+    if lengths.max() > limit:
+        _limit_lengths(lengths, counts, limit, symbols)
+    return lengths.astype(np.uint8)
+
+
+def _limit_lengths(lengths: np.ndarray, counts: np.ndarray, limit: int, symbols: list[int]) -> None:
+    """Clip to `limit`, then restore the Kraft inequality by lengthening the codes whose
+    extra bit costs least per unit of code space freed."""
+    lengths[lengths > limit] = limit
+    kraft = sum(1 << (limit - int(lengths[s])) for s in symbols)
+    budget = 1 << limit
+    while kraft > budget:
+        best, best_ratio = -1, None
+        for s in symbols:
+            l = int(lengths[s])
+            if l < limit:
+                ratio = int(counts[s]) / (1 << (limit - l - 1))
+                if best_ratio is None or ratio < best_ratio:
+                    best, best_ratio = s, ratio
+        kraft -= 1 << (limit - int(lengths[best]) - 1)
+        lengths[best] += 1
+    # use leftover code space: shorten the most frequent codes while it fits
+    for s in sorted(symbols, key=lambda s: -int(counts[s])):
+        while lengths[s] > 1 and kraft + (1 << (limit - int(lengths[s]))) <= budget:
+            kraft += 1 << (limit - int(lengths[s]))
+            lengths[s] -= 1
+
+
+def canonical_codes(lengths: np.ndarray) -> np.ndarray:
+    codes = np.zeros(256, np.uint32)
+    code = 0
+    prev = 0
+    for s in sorted(np.flatnonzero(lengths), key=lambda s: (int(lengths[s]), int(s))):
+        l = int(lengths[s])
+        code <<= l - prev
+        codes[s] = code
+        code += 1
+        prev = l
+    return codes
+
+
+def check_lengths(lengths: np.ndarray, limit: int) -> None:
+    """Reject code lengths that are not a prefix code (corrupt tables)."""
+    used = lengths[lengths > 0].astype(np.int64)
+    if used.size == 0 or used.max() > limit:
+        raise CorruptDataError("Huffman table is empty or has codes longer than its limit")
+    if np.sum(2.0 ** (-used)) > 1.0:
+        raise CorruptDataError("Huffman table violates the Kraft inequality")
+
+
+def decode_table(lengths: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, int]:
+    """(lut uint16[2**max_len], max_len)."""
+    max_len = int(lengths.max())
+    lut = np.zeros(1 << max_len, np.uint16)
+    for s in np.flatnonzero(lengths):
+        l = int(lengths[s])
+        first = int(codes[s]) << (max_len - l)
+        lut[first : first + (1 << (max_len - l))] = (l << 8) | int(s)
+    return lut, max_len

@@ -1,0 +1,89 @@
+"""Order-0 interleaved rANS over bytes.
+
+A stream codes n byte symbols with one frequency table (quantized to 2**precision);
+`lanes` states are interleaved for instruction-level parallelism. Tables serialize to a
+32-byte presence bitmap plus one u16 per present symbol.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...errors import CorruptDataError
+from . import _entropy
+
+MIN_PRECISION, MAX_PRECISION = 8, 12
+MAX_LANES = 32
+
+
+def histogram(symbols: np.ndarray) -> np.ndarray:
+    counts = np.zeros(256, np.uint64)
+    _entropy.histogram(symbols, counts)
+    return counts
+
+
+def quantize(counts: np.ndarray, precision: int) -> np.ndarray:
+    """Frequencies summing to 2**precision, >= 1 for every symbol that occurs."""
+    counts = counts.astype(np.float64)
+    total = counts.sum()
+    M = 1 << precision
+    if total == 0:
+        freqs = np.zeros(256, np.int64)
+        freqs[0] = M
+        return freqs.astype(np.uint32)
+    freqs = np.where(counts > 0, np.maximum(1, np.rint(counts * (M / total))), 0).astype(np.int64)
+    diff = M - int(freqs.sum())
+    while diff != 0:
+        # settle the rounding error on the most frequent symbols, where it costs least
+        i = int(np.argmax(freqs))
+        step = diff if diff > 0 else -min(-diff, freqs[i] - 1)
+        if step == 0:  # cannot happen for precision >= 8 (256 symbols fit), kept as a guard
+            raise AssertionError("rANS table cannot be normalised")
+        freqs[i] += step
+        diff -= step
+    return freqs.astype(np.uint32)
+
+
+def cost_bits(counts: np.ndarray, freqs: np.ndarray, precision: int) -> float:
+    """Bits that `counts` cost under `freqs` (the ideal code length)."""
+    m = counts > 0
+    return float(np.sum(counts[m] * (precision - np.log2(freqs[m].astype(np.float64)))))
+
+
+def pack_table(freqs: np.ndarray) -> bytes:
+    present = freqs > 0
+    return np.packbits(present).tobytes() + freqs[present].astype("<u2").tobytes()
+
+
+def unpack_table(buf: memoryview, pos: int, precision: int) -> tuple[np.ndarray, int]:
+    if pos + 32 > len(buf):
+        raise CorruptDataError("rANS table truncated")
+    present = np.unpackbits(np.frombuffer(buf, np.uint8, 32, pos)).astype(bool)
+    k = int(present.sum())
+    pos += 32
+    if pos + 2 * k > len(buf):
+        raise CorruptDataError("rANS table truncated")
+    freqs = np.zeros(256, np.uint32)
+    freqs[present] = np.frombuffer(buf, "<u2", k, pos)
+    if int(freqs.sum()) != 1 << precision or (freqs[present] == 0).any():
+        raise CorruptDataError("rANS table does not sum to its precision")
+    return freqs, pos + 2 * k
+
+
+def encode(symbols: np.ndarray, freqs: np.ndarray, precision: int, lanes: int) -> bytes:
+    n = symbols.size
+    dst = bytearray(2 * n + 4 * lanes + 4)
+    start = _entropy.rans_encode(symbols, freqs, precision, lanes, dst)
+    return bytes(memoryview(dst)[start:])
+
+
+def decode(stream: memoryview, freqs: np.ndarray, precision: int, lanes: int, n: int) -> np.ndarray:
+    out = np.empty(n, np.uint8)
+    decode_into(stream, freqs, precision, lanes, out)
+    return out
+
+
+def decode_into(stream: memoryview, freqs: np.ndarray, precision: int, lanes: int, out: np.ndarray) -> None:
+    consumed = _entropy.rans_decode(stream, freqs, precision, lanes, out)
+    if consumed != len(stream):
+        raise CorruptDataError("rANS stream is corrupt (it does not decode to its own end)")

@@ -1,0 +1,142 @@
+"""`planes`: byte planes, each entropy coded per chunk with its own table.
+
+Multi-byte elements are split into planes, most significant first; floats are rotated
+left by one bit first so that the top plane is the exponent (bf16, fp32) and compresses
+well while the mantissa planes stay near-random. Each (chunk, plane) is stored raw,
+rANS-coded with its own table, or zstd-coded (when zstd_level > 0), whichever is smallest.
+
+Payload: nchunks x u64 chunk sizes, then each chunk: for each plane
+`u8 method, u64 length, bytes` (method 0 raw, 1 rANS = table + stream, 2 zstd).
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from ..errors import CorruptDataError
+from .entropy import _entropy, rans, zstd
+from .payload import Reader
+from .registry import Codec, register
+from ..parallel import pmap
+
+RAW, RANS, ZSTD = 0, 1, 2
+PLANE_DTYPES = frozenset({
+    "bfloat16", "float16", "float32", "float64", "float8_e4m3fn", "float8_e5m2", "complex64",
+    "complex128", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "bool",
+})
+
+
+def word_size(dtype) -> int:
+    """Bytes per plane group: a complex number is two floats."""
+    return dtype.itemsize // 2 if dtype.kind == "c" else dtype.itemsize
+
+
+def split(data: np.ndarray, dtype) -> np.ndarray:
+    """Planes of `data`, plane-major: plane k is out[k*n:(k+1)*n], n = number of words."""
+    word = word_size(dtype)
+    if word == 1:
+        return data
+    out = np.empty_like(data)
+    _entropy.planes_split(data, out, word, dtype.is_float)
+    return out
+
+
+def join(planes: np.ndarray, dtype) -> np.ndarray:
+    word = word_size(dtype)
+    if word == 1:
+        return planes
+    out = np.empty_like(planes)
+    _entropy.planes_join(planes, out, word, dtype.is_float)
+    return out
+
+
+def encode_block(block: np.ndarray, precision: int, lanes: int, zstd_level: int) -> bytes:
+    """Smallest of raw / rANS / zstd for one plane of one chunk, with its method byte."""
+    best_method, best = RAW, block.tobytes()
+    if block.size:
+        counts = rans.histogram(block)
+        freqs = rans.quantize(counts, precision)
+        # estimate first: skip coding planes that would not shrink (random mantissas)
+        if rans.cost_bits(counts, freqs, precision) / 8 + 40 + 4 * lanes < 0.99 * block.size:
+            coded = rans.pack_table(freqs) + rans.encode(block, freqs, precision, lanes)
+            if len(coded) < len(best):
+                best_method, best = RANS, coded
+        if zstd_level > 0:
+            coded = zstd.compress(block, zstd_level)
+            if len(coded) < len(best):
+                best_method, best = ZSTD, coded
+    return struct.pack("<BQ", best_method, len(best)) + best
+
+
+def decode_block(r: Reader, out: np.ndarray, precision: int, lanes: int) -> None:
+    method = r.u8()
+    body = r.take(r.u64())
+    if method == RAW:
+        if len(body) != out.size:
+            raise CorruptDataError("planes: raw plane has the wrong length")
+        out[:] = np.frombuffer(body, np.uint8)
+    elif method == RANS:
+        freqs, pos = rans.unpack_table(body, 0, precision)
+        rans.decode_into(body[pos:], freqs, precision, lanes, out)
+    elif method == ZSTD:
+        out[:] = np.frombuffer(zstd.decompress(body, out.size), np.uint8)
+    else:
+        raise CorruptDataError(f"planes: unknown plane method {method}")
+
+
+@register
+class Planes(Codec):
+    codec_id = "planes"
+    params = {"chunk": 1 << 18, "precision": 12, "lanes": 8, "zstd_level": 0}
+    dtypes = PLANE_DTYPES
+
+    def validate(self):
+        self._check_int("chunk", 1 << 10, 1 << 30)
+        self._check_int("precision", rans.MIN_PRECISION, rans.MAX_PRECISION)
+        self._check_int("lanes", 1, rans.MAX_LANES)
+        self._check_int("zstd_level", 0, 22)
+
+    def _chunks(self, n_words: int) -> list[tuple[int, int]]:
+        return [(a, min(a + self.chunk, n_words)) for a in range(0, n_words, self.chunk)]
+
+    def encode_payload(self, data, dtype, threads):
+        word = word_size(dtype)
+        n = data.size // word
+        view = data.reshape(n, word) if n else data
+
+        def encode_chunk(span):
+            a, b = span
+            planes = split(np.ascontiguousarray(view[a:b]).reshape(-1), dtype)
+            m = b - a
+            return b"".join(encode_block(planes[k * m : (k + 1) * m], self.precision, self.lanes, self.zstd_level)
+                            for k in range(word))
+
+        chunks = pmap(encode_chunk, self._chunks(n), threads)
+        sizes = np.array([len(c) for c in chunks], "<u8").tobytes()
+        return b"".join([sizes, *chunks])
+
+    def decode_payload(self, payload, dtype, count, threads):
+        word = word_size(dtype)
+        n = count * dtype.itemsize // word
+        spans = self._chunks(n)
+        r = Reader(payload, "planes")
+        sizes = r.array("<u8", len(spans))
+        if int(sizes.sum()) != len(payload) - r.pos:
+            raise CorruptDataError("planes: chunk sizes do not add up to the payload")
+        starts = r.pos + np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        out = np.empty(count * dtype.itemsize, np.uint8)
+
+        def decode_chunk(i):
+            a, b = spans[i]
+            m = b - a
+            cr = Reader(payload[int(starts[i]) : int(starts[i]) + int(sizes[i])], "planes")
+            planes = np.empty(m * word, np.uint8)
+            for k in range(word):
+                decode_block(cr, planes[k * m : (k + 1) * m], self.precision, self.lanes)
+            cr.done()
+            out[a * word : b * word] = join(planes, dtype)
+
+        pmap(decode_chunk, range(len(spans)), threads)
+        return out

@@ -1,0 +1,165 @@
+"""The codec registry (modelled on numcodecs): Codec base class, register/get/available.
+
+A codec turns the raw bytes of an array (plus its DType) into a payload and back. The
+frame around the payload (dtype, shape, config, checksum) is added by `nzip.codecs.encode`,
+so a codec's `encode` returns a self-describing frame and its `decode` needs nothing else.
+Third-party codecs register through the entry-point group "nzip.codecs".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib.metadata import entry_points
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..dtypes import DType
+from ..errors import BadParameterError, UnknownCodecError, UnsupportedDtypeError
+
+ENTRY_POINT_GROUP = "nzip.codecs"
+
+
+def resolve_threads(threads: int | None) -> int:
+    """threads=0 (or None) means every core; otherwise at least 1."""
+    if threads is None or threads == 0:
+        return os.cpu_count() or 1
+    if not isinstance(threads, int) or threads < 0:
+        raise BadParameterError(f"threads must be an int >= 0, got {threads!r}")
+    return threads
+
+
+class Codec:
+    """Base class. Subclasses set `codec_id`, declare their parameters in `params`
+    (name -> default) and implement encode_payload/decode_payload on raw bytes."""
+
+    codec_id: ClassVar[str] = ""
+    params: ClassVar[dict[str, Any]] = {}
+    # dtype names this codec accepts; None means any.
+    dtypes: ClassVar[frozenset[str] | None] = None
+
+    def __init__(self, **params: Any) -> None:
+        unknown = set(params) - set(self.params)
+        if unknown:
+            raise BadParameterError(
+                f"codec {self.codec_id!r} has no parameter {sorted(unknown)[0]!r}; "
+                f"it takes {sorted(self.params) or 'none'}"
+            )
+        for name, default in self.params.items():
+            setattr(self, name, params.get(name, default))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise BadParameterError for parameters out of range."""
+
+    def _check_int(self, name: str, lo: int, hi: int) -> None:
+        v = getattr(self, name)
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise BadParameterError(f"{self.codec_id}: {name} must be an int in [{lo}, {hi}], got {v!r}")
+
+    # -- config -----------------------------------------------------------------------
+    def get_config(self) -> dict[str, Any]:
+        return {"id": self.codec_id, **{k: getattr(self, k) for k in self.params}}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "Codec":
+        cfg = dict(config)
+        cfg.pop("id", None)
+        return cls(**cfg)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Codec) and self.get_config() == other.get_config()
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(self.get_config(), sort_keys=True))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.params)
+        return f"{type(self).__name__}({args})"
+
+    # -- whole objects (frames) ----------------------------------------------------------
+    def encode(self, obj, threads: int = 0) -> bytes:
+        """Encode a numpy array or torch tensor into a self-describing frame."""
+        from .api import encode_with
+
+        return encode_with(self, obj, threads=threads)
+
+    def decode(self, frame, device=None, threads: int = 0):
+        """Decode a frame written by this codec (any frame, in fact: the frame names its codec)."""
+        from .api import decode
+
+        return decode(frame, device=device, threads=threads)
+
+    # -- raw bytes: what subclasses implement ---------------------------------------------
+    def check_dtype(self, dtype: DType) -> None:
+        if self.dtypes is not None and dtype.name not in self.dtypes:
+            raise UnsupportedDtypeError(
+                f"codec {self.codec_id!r} does not support dtype {dtype.name}; "
+                f"it takes {', '.join(sorted(self.dtypes))}"
+            )
+
+    def encode_payload(self, data: np.ndarray, dtype: DType, threads: int) -> bytes:
+        """data: flat uint8 array of n * dtype.itemsize bytes. Returns the payload."""
+        raise NotImplementedError
+
+    def decode_payload(self, payload: memoryview, dtype: DType, count: int, threads: int) -> np.ndarray:
+        """Return a new flat uint8 array of count * dtype.itemsize bytes. Must raise
+        CorruptDataError (never allocate absurdly, never read out of bounds) on bad input."""
+        raise NotImplementedError
+
+
+_registry: dict[str, type[Codec]] = {}
+_entry_points_loaded = False
+
+
+def register(cls: type[Codec], replace: bool = False) -> type[Codec]:
+    """Register a Codec subclass under its codec_id (usable as a class decorator)."""
+    if not (isinstance(cls, type) and issubclass(cls, Codec)) or not cls.codec_id:
+        raise BadParameterError("register() takes a Codec subclass with a codec_id")
+    if cls.codec_id in _registry and _registry[cls.codec_id] is not cls and not replace:
+        raise BadParameterError(f"a codec {cls.codec_id!r} is already registered")
+    _registry[cls.codec_id] = cls
+    return cls
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in _registry:
+            continue
+        try:
+            cls = ep.load()
+        except Exception as exc:  # a broken plugin must not break nzip
+            import warnings
+
+            warnings.warn(f"nzip: cannot load codec entry point {ep.name!r}: {exc}")
+            continue
+        register(cls)
+
+
+def available() -> list[str]:
+    """Names of every registered codec, including entry-point plugins."""
+    _load_entry_points()
+    return sorted(_registry)
+
+
+def get(name_or_config: str | dict[str, Any] | Codec, **params: Any) -> Codec:
+    """A codec instance from a name (plus parameters), a config dict, or an instance."""
+    if isinstance(name_or_config, Codec):
+        return name_or_config
+    if isinstance(name_or_config, dict):
+        config = {**name_or_config, **params}
+        name = config.get("id")
+    else:
+        name, config = name_or_config, {"id": name_or_config, **params}
+    if not isinstance(name, str):
+        raise UnknownCodecError(f"codec name must be a string, got {name!r}")
+    if name not in _registry:
+        _load_entry_points()
+    if name not in _registry:
+        raise UnknownCodecError(f"unknown codec {name!r}; available: {', '.join(available())}")
+    return _registry[name].from_config(config)

@@ -1,0 +1,33 @@
+"""Atomic output: write to a temporary file beside the target, fsync, then rename.
+
+A crash or an exception never leaves a half-written file under the final name, and an
+existing file is replaced only when the new one is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+from ..errors import NzipError
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, overwrite: bool = False):
+    """Yield a binary file object; on success it becomes `path`, on error it vanishes."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise NzipError(f"{path} already exists (use -f / overwrite=True to replace it)")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

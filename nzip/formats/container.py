@@ -1,0 +1,274 @@
+"""Container .nz v1: many encoded tensors, header first, random access (safetensors-like).
+
+    offset  size  field
+    0       8     magic b"\\x89NZC\\r\\n\\x1a\\n"
+    8       2     format version, u16 LE (1)
+    10      2     flags, u16 LE (0)
+    12      4     reserved, zero
+    16      8     header length H, u64 LE
+    24      8     XXH3-64 of the header bytes
+    32      H     header, UTF-8 JSON (below)
+    ...           zero padding to a multiple of 64: the data section starts there
+    D       S     data section: one payload per tensor, each starting 64-byte aligned
+    D+S     16    trailer: b"NZCEND\\0\\0" and u64 LE file size
+
+Header: {"tensors": [{"name", "dtype", "shape", "codec": {config}, "offset" (from D),
+"size", "xxh3": payload checksum, "raw_xxh3": checksum of the decoded bytes}, ...],
+"metadata": {...}, "data_size": S, "data_xxh3": checksum of the whole data section,
+"source": optional description of the original file (see formats.safetensors)}.
+
+Opening reads the header only (and checks its checksum); a tensor's payload is checked
+when it is read; `verify()` checks everything, including the whole-data checksum.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import shutil
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from ..codecs import get as get_codec
+from ..codecs.api import check_shape, decode_raw
+from ..codecs.registry import Codec, resolve_threads
+from ..dtypes import DType, from_bytes
+from ..errors import ChecksumError, FormatError, NzipError, TruncatedError, VersionError
+from ..parallel import pmap
+from .atomic import atomic_write
+from .checksum import hasher, xxh3
+
+MAGIC = b"\x89NZC\r\n\x1a\n"
+END = b"NZCEND\0\0"
+VERSION = 1
+_FIXED = struct.Struct("<8sHHIQQ")
+ALIGN = 64
+MAX_HEADER = 1 << 30
+WINDOW_BYTES = 256 << 20  # raw bytes encoded per parallel batch: bounds memory use
+
+
+@dataclass
+class Item:
+    """One tensor to write: its raw little-endian bytes, dtype and shape."""
+
+    name: str
+    raw: np.ndarray  # flat uint8
+    dtype: DType
+    shape: tuple[int, ...]
+    codec: Codec
+    extra: dict[str, Any] | None = None  # kept in the tensor's header entry
+
+
+def _pad(n: int) -> int:
+    return -n % ALIGN
+
+
+def write(path: str | os.PathLike, items: Iterable[Item], metadata: dict | None = None,
+          source: dict | None = None, threads: int = 0, overwrite: bool = False,
+          progress: Callable[[int], None] | None = None) -> dict:
+    """Encode `items` (streamed: at most WINDOW_BYTES of raw data in memory at once) and
+    write the container atomically. Returns the header. progress(n) gets raw bytes done."""
+    threads = resolve_threads(threads)
+    entries: list[dict] = []
+    names: set[str] = set()
+    data_hash = hasher()
+    path = Path(path)
+    with tempfile.TemporaryFile(dir=path.parent or ".") as data:
+        offset = 0
+
+        def flush(batch: list[Item]) -> None:
+            nonlocal offset
+            payloads = pmap(lambda it: it.codec.encode_payload(it.raw, it.dtype, threads), batch, threads)
+            for it, payload in zip(batch, payloads):
+                entries.append({
+                    "name": it.name, "dtype": it.dtype.name, "shape": list(it.shape),
+                    "codec": it.codec.get_config(), "offset": offset, "size": len(payload),
+                    "xxh3": f"{xxh3(payload):016x}", "raw_xxh3": f"{xxh3(it.raw):016x}",
+                    **(it.extra or {}),
+                })
+                pad = b"\0" * _pad(len(payload))
+                for chunk in (payload, pad):
+                    data.write(chunk)
+                    data_hash.update(chunk)
+                offset += len(payload) + len(pad)
+                if progress:
+                    progress(it.raw.size)
+
+        batch, batch_bytes = [], 0
+        for it in items:
+            if it.name in names:
+                raise NzipError(f"duplicate tensor name {it.name!r}")
+            names.add(it.name)
+            it.codec.check_dtype(it.dtype)
+            batch.append(it)
+            batch_bytes += it.raw.size
+            if batch_bytes >= WINDOW_BYTES:
+                flush(batch)
+                batch, batch_bytes = [], 0
+        flush(batch)
+
+        header = {"tensors": entries, "metadata": metadata or {}, "data_size": offset,
+                  "data_xxh3": f"{data_hash.intdigest():016x}"}
+        if source is not None:
+            header["source"] = source
+        hbytes = json.dumps(header, separators=(",", ":")).encode()
+        with atomic_write(path, overwrite) as out:
+            out.write(_FIXED.pack(MAGIC, VERSION, 0, 0, len(hbytes), xxh3(hbytes)))
+            out.write(hbytes)
+            out.write(b"\0" * _pad(_FIXED.size + len(hbytes)))
+            data.seek(0)
+            shutil.copyfileobj(data, out, 16 << 20)
+            size = out.tell() + len(END) + 8
+            out.write(END + struct.pack("<Q", size))
+    return header
+
+
+class Container:
+    """A .nz file opened for lazy random access (memory-mapped)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._file = open(self.path, "rb")
+        try:
+            size = os.fstat(self._file.fileno()).st_size
+            self._mm = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+            self._buf = memoryview(self._mm)
+            self.header = self._read_header(size)
+        except BaseException:
+            self.close()
+            raise
+        self._entries = {e["name"]: e for e in self.header["tensors"]}
+
+    def _read_header(self, size: int) -> dict:
+        buf = self._buf
+        if size < len(MAGIC) or bytes(buf[: len(MAGIC)]) != MAGIC:
+            raise FormatError(f"{self.path}: not an nzip container (wrong magic)")
+        if size < _FIXED.size:
+            raise TruncatedError(f"{self.path}: truncated before the end of its header")
+        _, version, flags, _, hlen, hsum = _FIXED.unpack_from(buf)
+        if version > VERSION:
+            raise VersionError(f"{self.path}: container version {version} is newer than this nzip reads ({VERSION})")
+        if version < 1 or flags:
+            raise FormatError(f"{self.path}: unknown container version {version} / flags {flags:#x}")
+        if hlen > MAX_HEADER or _FIXED.size + hlen > size:
+            raise TruncatedError(f"{self.path}: truncated inside its header")
+        hbytes = buf[_FIXED.size : _FIXED.size + hlen]
+        if xxh3(hbytes) != hsum:
+            raise ChecksumError(f"{self.path}: header checksum mismatch (corrupted)")
+        try:
+            header = json.loads(bytes(hbytes))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise FormatError(f"{self.path}: header is not JSON ({exc})") from None
+        self.data_start = _FIXED.size + hlen + _pad(_FIXED.size + hlen)
+        try:
+            data_size = int(header["data_size"])
+            tensors = header["tensors"]
+            assert isinstance(tensors, list) and isinstance(header.get("metadata", {}), dict)
+            for e in tensors:
+                check_shape(e["dtype"], e["shape"])
+                if not (isinstance(e["name"], str) and 0 <= e["offset"] and 0 <= e["size"]
+                        and e["offset"] + e["size"] <= data_size and isinstance(e["codec"], dict)):
+                    raise FormatError(f"{self.path}: tensor entry {e.get('name')!r} is out of bounds")
+        except (KeyError, TypeError, AssertionError, ValueError) as exc:
+            if isinstance(exc, NzipError):
+                raise
+            raise FormatError(f"{self.path}: malformed header ({exc!r})") from None
+        expected = self.data_start + data_size + len(END) + 8
+        if size != expected:
+            raise TruncatedError(f"{self.path}: file is {size} bytes, its header says {expected} (truncated or padded)")
+        if bytes(buf[size - 16 : size - 8]) != END or struct.unpack_from("<Q", buf, size - 8)[0] != size:
+            raise FormatError(f"{self.path}: bad trailer")
+        return header
+
+    # -- mapping-like access -----------------------------------------------------------
+    def keys(self) -> list[str]:
+        return list(self._entries)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def metadata(self) -> dict:
+        return self.header.get("metadata", {})
+
+    def entry(self, name: str) -> dict:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise KeyError(f"{self.path}: no tensor named {name!r}") from None
+
+    def payload(self, name: str) -> memoryview:
+        e = self.entry(name)
+        start = self.data_start + e["offset"]
+        return self._buf[start : start + e["size"]]
+
+    def get_raw(self, name: str, threads: int = 0) -> np.ndarray:
+        """The tensor's bytes, decoded and checked (payload checksum and decoded checksum)."""
+        e = self.entry(name)
+        payload = self.payload(name)
+        if f"{xxh3(payload):016x}" != e["xxh3"]:
+            raise ChecksumError(f"{self.path}: tensor {name!r} is corrupted (payload checksum mismatch)")
+        dtype, _, count = check_shape(e["dtype"], e["shape"])
+        try:
+            return decode_raw(get_codec(e["codec"]), payload, dtype, count, threads, e.get("raw_xxh3"))
+        except NzipError as exc:
+            raise type(exc)(f"{self.path}: tensor {name!r}: {exc}") from None
+
+    def get_tensor(self, name: str, device=None, framework: str = "torch", threads: int = 0):
+        """Decode one tensor: a torch tensor (framework="torch", optionally on `device`) or
+        a numpy array (framework="numpy"; bf16/fp8 come back as same-width uint views)."""
+        e = self.entry(name)
+        dtype, shape, _ = check_shape(e["dtype"], e["shape"])
+        return from_bytes(self.get_raw(name, threads), dtype, shape, framework, device)
+
+    def __getitem__(self, name: str):
+        return self.get_tensor(name)
+
+    def tensors(self, keys: Iterable[str] | None = None, device=None, framework: str = "torch",
+                threads: int = 0) -> dict:
+        """Decode many tensors in parallel (threads=0: every core)."""
+        names = list(self._entries if keys is None else keys)
+        values = pmap(lambda n: self.get_tensor(n, device, framework, 1), names, resolve_threads(threads))
+        return dict(zip(names, values))
+
+    def verify(self, threads: int = 0) -> None:
+        """Check every checksum and decode every tensor; raises naming the first bad one."""
+        e_data = self._buf[self.data_start : self.data_start + self.header["data_size"]]
+        data_ok = f"{xxh3(e_data):016x}" == self.header.get("data_xxh3")
+        pmap(lambda n: self.get_raw(n, 1), self.keys(), resolve_threads(threads))
+        if not data_ok:
+            raise ChecksumError(f"{self.path}: data section checksum mismatch (padding between tensors corrupted)")
+
+    # -- lifetime ------------------------------------------------------------------------
+    def close(self) -> None:
+        buf = getattr(self, "_buf", None)
+        if buf is not None:
+            try:
+                buf.release()
+            except BufferError:
+                pass
+            self._buf = None
+        mm = getattr(self, "_mm", None)
+        if isinstance(mm, mmap.mmap):
+            try:
+                mm.close()
+            except BufferError:  # decoded arrays never view the map, but be safe
+                pass
+        self._file.close()
+
+    def __enter__(self) -> "Container":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,49 @@
+"""One shared thread pool: the compiled loops release the GIL, so threads scale.
+
+Work submitted from inside a pool thread runs inline, so nested parallel calls (a
+container decoding tensors in parallel, each codec splitting its own work) never deadlock.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_pool: ThreadPoolExecutor | None = None
+_lock = threading.Lock()
+_local = threading.local()
+
+
+def _get_pool(threads: int) -> ThreadPoolExecutor:
+    global _pool
+    with _lock:
+        if _pool is None or _pool._max_workers < threads:
+            _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="nzip",
+                                       initializer=lambda: setattr(_local, "inside", True))
+        return _pool
+
+
+def pmap(fn: Callable[[T], R], items: Iterable[T], threads: int) -> list[R]:
+    """map(fn, items) on up to `threads` threads, results in order; threads=1 runs inline."""
+    items = list(items)
+    if threads <= 1 or len(items) <= 1 or getattr(_local, "inside", False):
+        return [fn(x) for x in items]
+    pool = _get_pool(threads)
+    out: list = [None] * len(items)
+    # at most `threads` workers at once, each taking the next item when free
+    counter = itertools.count()
+
+    def run() -> None:
+        for i in iter(lambda: next(counter), None):
+            if i >= len(items):
+                return
+            out[i] = fn(items[i])
+
+    for f in [pool.submit(run) for _ in range(min(threads, len(items)))]:
+        f.result()
+    return out
