@@ -99,8 +99,9 @@ def to_bytes(obj) -> tuple[np.ndarray, DType, tuple[int, ...], str]:
         dtype = DTYPES[a.dtype.name]
         if a.dtype.byteorder == ">":
             a = a.astype(a.dtype.newbyteorder("<"))
+        shape = tuple(a.shape)  # before ascontiguousarray, which turns 0-d into 1-d
         a = np.ascontiguousarray(a)
-        return a.reshape(-1).view(np.uint8), dtype, tuple(a.shape), "numpy"
+        return a.reshape(-1).view(np.uint8), dtype, shape, "numpy"
     raise UnsupportedDtypeError(f"cannot encode {type(obj).__name__}: expected a numpy array or torch tensor")
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Callable, Iterable, TypeVar
 
 T = TypeVar("T")
@@ -44,6 +44,8 @@ def pmap(fn: Callable[[T], R], items: Iterable[T], threads: int) -> list[R]:
                 return
             out[i] = fn(items[i])
 
-    for f in [pool.submit(run) for _ in range(min(threads, len(items)))]:
+    futures = [pool.submit(run) for _ in range(min(threads, len(items)))]
+    wait(futures)  # all of them, even after a failure: callers may free what workers read
+    for f in futures:
         f.result()
     return out

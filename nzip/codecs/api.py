@@ -56,6 +56,9 @@ def check_shape(dtype_name, shape) -> tuple[DType, tuple[int, ...], int]:
 def decode_raw(codec: Codec, payload, dtype: DType, count: int, threads: int, raw_hash: str | None) -> np.ndarray:
     """Run a codec's decoder and check that it produced exactly the bytes that were encoded."""
     codec.check_dtype(dtype)
+    if count * dtype.itemsize > len(payload) * codec.max_expansion + (1 << 20):
+        raise CorruptDataError(f"{codec.codec_id}: a payload of {len(payload)} bytes cannot hold "
+                               f"{count * dtype.itemsize} bytes: the header is corrupt")
     raw = codec.decode_payload(memoryview(payload).cast("B"), dtype, count, resolve_threads(threads))
     if raw.dtype != np.uint8 or raw.size != count * dtype.itemsize:
         raise CorruptDataError(f"{codec.codec_id}: decoded {raw.size} bytes, expected {count * dtype.itemsize}")

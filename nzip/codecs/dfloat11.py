@@ -31,6 +31,7 @@ PAD = 8
 @register
 class DFloat11(Codec):
     codec_id = "dfloat11"
+    max_expansion = 2
     params = {"code_length_limit": 16, "block": 2048}
     dtypes = frozenset({"bfloat16"})
 

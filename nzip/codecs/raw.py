@@ -11,6 +11,7 @@ from .registry import Codec, register
 @register
 class Raw(Codec):
     codec_id = "raw"
+    max_expansion = 1
 
     def encode_payload(self, data, dtype, threads):
         return data.tobytes()

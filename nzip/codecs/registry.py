@@ -38,6 +38,9 @@ class Codec:
     params: ClassVar[dict[str, Any]] = {}
     # dtype names this codec accepts; None means any.
     dtypes: ClassVar[frozenset[str] | None] = None
+    # the most decoded bytes one payload byte can legitimately become: decoders refuse
+    # headers that promise more, before allocating anything
+    max_expansion: ClassVar[int] = 1 << 17
 
     def __init__(self, **params: Any) -> None:
         unknown = set(params) - set(self.params)

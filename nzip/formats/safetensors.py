@@ -89,6 +89,7 @@ def pack(src, dst, codec="auto", threads: int = 0, overwrite: bool = False, prog
     with open(src, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        view = None
         try:
             layout = parse(mm)
             view = np.frombuffer(mm, np.uint8) if size else np.zeros(0, np.uint8)

@@ -1,0 +1,131 @@
+"""Every codec: bit-exact round trips over dtypes, shapes, layouts and special values."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from helpers import FLOAT_DTYPES, INT_DTYPES, check_roundtrip, same_bits, special_values
+from nzip import codecs
+from nzip.errors import BadParameterError, UnknownCodecError, UnsupportedDtypeError
+
+GENERIC = ["raw", "zstd", "planes", "ans"]
+
+
+def test_available_lists_builtins():
+    assert {"raw", "zstd", "planes", "ans", "dfloat11"} <= set(codecs.available())
+
+
+@pytest.mark.parametrize("codec", GENERIC)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES + INT_DTYPES, ids=str)
+def test_special_values_all_dtypes(codec, dtype):
+    for n in (0, 1, 7, 5000):
+        check_roundtrip(special_values(dtype, n), codec)
+
+
+@pytest.mark.parametrize("codec", GENERIC + ["dfloat11"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bf16_weights_and_every_exponent(codec, threads):
+    # every 16-bit pattern once: all exponents, NaN payloads, +-inf, -0.0, subnormals
+    every = torch.arange(0, 1 << 16, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
+    w = (torch.randn(300_000, generator=torch.Generator().manual_seed(1)) * 0.02).to(torch.bfloat16)
+    for t in (every, w, torch.cat([w, every])):
+        check_roundtrip(t, codec, threads=threads)
+
+
+@pytest.mark.parametrize("codec", ["planes", "ans", "dfloat11"])
+def test_small_chunks_and_blocks_cross_boundaries(codec):
+    params = {"planes": {"chunk": 1024}, "ans": {"chunk": 1024, "lanes": 5},
+              "dfloat11": {"block": 32, "code_length_limit": 9}}[codec]
+    t = (torch.randn(10_001, generator=torch.Generator().manual_seed(2)) * 3).to(torch.bfloat16)
+    check_roundtrip(t, codec, threads=2, **params)
+
+
+@pytest.mark.parametrize("codec", GENERIC + ["dfloat11"])
+def test_shapes_layouts_and_kinds(codec):
+    base = torch.randn(6, 5, 4).to(torch.bfloat16)
+    cases = [base, base[:, ::2, 1:], base.transpose(0, 2), base[0, 0, 0], torch.empty(0, 3, dtype=torch.bfloat16)]
+    for t in cases:
+        check_roundtrip(t, codec)
+    if codec != "dfloat11":
+        a = np.random.default_rng(0).normal(size=(7, 9)).astype(np.float32)
+        for x in (a, a.T, a[::3], np.float64(3.5), np.asarray(-0.0, np.float32), a.astype(">f4")):
+            frame = codecs.encode(x, codec)
+            back = codecs.decode(frame)
+            assert isinstance(back, np.ndarray)
+            assert back.shape == np.shape(x) and back.tobytes() == np.ascontiguousarray(x, back.dtype).tobytes()
+
+
+@settings(max_examples=60, deadline=None)
+@given(arr=hnp.arrays(dtype=st.sampled_from([np.float16, np.float32, np.float64, np.int8, np.uint16, np.int32,
+                                             np.int64, np.uint64, np.bool_, np.complex64]),
+                      shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=40)),
+       codec=st.sampled_from(GENERIC))
+def test_hypothesis_numpy(arr, codec):
+    frame = codecs.encode(arr, codec, threads=1)
+    back = codecs.decode(frame)
+    assert back.dtype == arr.dtype and back.shape == arr.shape
+    assert back.tobytes() == np.ascontiguousarray(arr).tobytes()
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.binary(min_size=0, max_size=4000), codec=st.sampled_from(GENERIC + ["dfloat11"]),
+       threads=st.sampled_from([1, 2]))
+def test_hypothesis_bf16_bit_patterns(data, codec, threads):
+    data = data[: len(data) // 2 * 2]
+    t = torch.frombuffer(bytearray(data), dtype=torch.bfloat16) if data else torch.empty(0, dtype=torch.bfloat16)
+    check_roundtrip(t, codec, threads=threads)
+
+
+def test_complex_and_device_argument():
+    c = torch.randn(100, dtype=torch.complex64)
+    for codec in GENERIC:
+        check_roundtrip(c, codec)
+    out = codecs.decode(codecs.encode(torch.ones(3), "zstd"), device="cpu")
+    assert out.device.type == "cpu"
+
+
+def test_ans_shrinks_weights_and_mantissa_plane():
+    w = (torch.randn(1 << 20, generator=torch.Generator().manual_seed(3)) * 0.02).to(torch.bfloat16)
+    sizes = {c: len(codecs.encode(w, c)) for c in ("raw", "zstd", "ans", "planes", "dfloat11")}
+    assert sizes["ans"] < 0.665 * sizes["raw"]
+    assert sizes["planes"] < 0.665 * sizes["raw"]
+    assert sizes["dfloat11"] < 0.675 * sizes["raw"]
+    assert sizes["ans"] < sizes["zstd"]
+
+
+def test_zstd_levels_change_size():
+    x = np.random.default_rng(0).zipf(1.5, 200_000).astype(np.int32)
+    assert len(codecs.encode(x, "zstd", level=19)) < len(codecs.encode(x, "zstd", level=1))
+
+
+def test_registry_get_and_config_equality():
+    c = codecs.get("ans", lanes=4)
+    assert c == codecs.get(c.get_config()) and c != codecs.get("ans")
+    assert codecs.get({"id": "zstd", "level": 5}).level == 5
+
+
+def test_errors_are_clear():
+    with pytest.raises(UnknownCodecError, match="unknown codec 'nope'"):
+        codecs.encode(torch.ones(3), "nope")
+    with pytest.raises(UnsupportedDtypeError, match="'dfloat11' does not support dtype float32; it takes bfloat16"):
+        codecs.encode(torch.ones(3, dtype=torch.float32), "dfloat11")
+    with pytest.raises(BadParameterError, match="level"):
+        codecs.encode(torch.ones(3), "zstd", level=99)
+    with pytest.raises(BadParameterError, match="no parameter"):
+        codecs.get("ans", colour="red")
+    with pytest.raises(BadParameterError, match="threads"):
+        codecs.encode(torch.ones(3), "zstd", threads=-1)
+    with pytest.raises(UnsupportedDtypeError):
+        codecs.encode(np.array(["a", "b"], dtype=object), "zstd")
+    with pytest.raises(UnsupportedDtypeError):
+        codecs.encode([1, 2, 3], "zstd")
+    assert all(isinstance(e, ValueError) for e in (UnknownCodecError("x"), UnsupportedDtypeError("x")))
+
+
+def test_same_bits_helper_can_fail():
+    a = torch.tensor([0.0])
+    assert not same_bits(a, torch.tensor([-0.0]))
+    assert not same_bits(a, a.numpy())
