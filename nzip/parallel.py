@@ -6,7 +6,6 @@ container decoding tensors in parallel, each codec splitting its own work) never
 
 from __future__ import annotations
 
-import itertools
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Callable, Iterable, TypeVar
@@ -28,19 +27,25 @@ def _get_pool(threads: int) -> ThreadPoolExecutor:
         return _pool
 
 
-def pmap(fn: Callable[[T], R], items: Iterable[T], threads: int) -> list[R]:
-    """map(fn, items) on up to `threads` threads, results in order; threads=1 runs inline."""
+def pmap(fn: Callable[[T], R], items: Iterable[T], threads: int,
+         cost: Callable[[T], float] | None = None) -> list[R]:
+    """map(fn, items) on up to `threads` threads, results in order; threads=1 runs inline.
+    With `cost`, the costliest items start first (keeps threads evenly busy)."""
     items = list(items)
     if threads <= 1 or len(items) <= 1 or getattr(_local, "inside", False):
         return [fn(x) for x in items]
     pool = _get_pool(threads)
     out: list = [None] * len(items)
     # at most `threads` workers at once, each taking the next item when free
-    counter = itertools.count()
+    order = sorted(range(len(items)), key=lambda i: -cost(items[i])) if cost else range(len(items))
+    todo = iter(order)  # next() on a shared iterator hands each index to one worker
+    lock = threading.Lock()
 
     def run() -> None:
-        for i in iter(lambda: next(counter), None):
-            if i >= len(items):
+        while True:
+            with lock:
+                i = next(todo, None)
+            if i is None:
                 return
             out[i] = fn(items[i])
 

