@@ -129,3 +129,45 @@ def test_same_bits_helper_can_fail():
     a = torch.tensor([0.0])
     assert not same_bits(a, torch.tensor([-0.0]))
     assert not same_bits(a, a.numpy())
+
+
+@pytest.fixture(params=[True, False], ids=["simd", "scalar"])
+def simd(request):
+    """Run a test with the AVX-512 loops (where the CPU has them) and with the scalar ones."""
+    from nzip.codecs.entropy import _entropy
+
+    active = _entropy.set_simd(request.param)
+    if request.param and not active:
+        pytest.skip("this CPU has no AVX-512")
+    yield active
+    _entropy.set_simd(True)
+
+
+@pytest.mark.parametrize("lanes", [1, 7, 8, 16, 32, 64])
+def test_rans_lanes_simd_and_scalar_agree(simd, lanes):
+    from nzip.codecs.entropy import _entropy, rans
+
+    rng = np.random.default_rng(lanes)
+    for n in (0, 1, lanes - 1, lanes, 16 * lanes + 3, 200_003):
+        sym = np.minimum(rng.geometric(0.3, n), 255).astype(np.uint8)
+        freqs = rans.quantize(rans.histogram(sym), 12)
+        stream = rans.encode(sym, freqs, 12, lanes)
+        assert np.array_equal(rans.decode(memoryview(stream), freqs, 12, lanes, n), sym)
+        low = rng.integers(0, 256, n, dtype=np.uint8)
+        out = np.empty(2 * n, np.uint8)
+        assert _entropy.rans_decode_join16(stream, freqs, 12, lanes, low, out, True) == len(stream)
+        v = (sym.astype(np.uint16) << 8) | low
+        assert np.array_equal(out.view(np.uint16), (v >> 1) | ((v & 1) << 15))
+        # the other path must produce and accept the very same bytes
+        _entropy.set_simd(not simd)
+        assert rans.encode(sym, freqs, 12, lanes) == stream
+        assert np.array_equal(rans.decode(memoryview(stream), freqs, 12, lanes, n), sym)
+        _entropy.set_simd(simd)
+
+
+def test_codecs_under_both_paths(simd):
+    w = (torch.randn(300_001, generator=torch.Generator().manual_seed(9)) * 0.02).to(torch.bfloat16)
+    for codec in ("ans", "planes"):
+        for params in ({}, {"lanes": 64}, {"lanes": 16, "chunk": 4096}):
+            check_roundtrip(w, codec, threads=2, **params)
+            check_roundtrip(w.float(), codec, **params)

@@ -8,7 +8,8 @@ interleaved states. For 16-bit types the top plane's decoder writes the final el
 directly (decode and plane join fused into one pass).
 
 Payload, for each plane (most significant first): u8 method (0 raw, 1 rANS), u64 section
-length, section. A rANS section: table, nchunks x u64 stream sizes, the streams.
+length, section. A rANS section: u8 lanes, table, nchunks x u64 stream sizes, the streams.
+lanes=0 (default) picks the lane count per plane from its length (rans.auto_lanes).
 """
 
 from __future__ import annotations
@@ -30,12 +31,12 @@ RAW, RANS = 0, 1
 @register
 class Ans(Codec):
     codec_id = "ans"
-    params = {"precision": 12, "lanes": 8, "chunk": 1 << 20}
+    params = {"precision": 12, "lanes": 0, "chunk": 1 << 20}
     dtypes = PLANE_DTYPES
 
     def validate(self):
         self._check_int("precision", rans.MIN_PRECISION, rans.MAX_PRECISION)
-        self._check_int("lanes", 1, rans.MAX_LANES)
+        self._check_int("lanes", 0, rans.MAX_LANES)
         self._check_int("chunk", 1 << 10, 1 << 30)
 
     def _spans(self, n: int) -> list[tuple[int, int]]:
@@ -44,13 +45,14 @@ class Ans(Codec):
     def _encode_plane(self, plane: np.ndarray, threads: int) -> bytes:
         counts = rans.histogram(plane)
         freqs = rans.quantize(counts, self.precision)
+        lanes = self.lanes or rans.auto_lanes(min(plane.size, self.chunk))
         # estimate first, so that near-random planes are not coded for nothing
-        overhead = 32 + 2 * int((freqs > 0).sum()) + (4 * self.lanes + 10) * len(self._spans(plane.size))
+        overhead = 33 + 2 * int((freqs > 0).sum()) + (4 * lanes + 10) * len(self._spans(plane.size))
         if rans.cost_bits(counts, freqs, self.precision) / 8 + overhead < plane.size:
-            streams = pmap(lambda s: rans.encode(plane[s[0] : s[1]], freqs, self.precision, self.lanes),
+            streams = pmap(lambda s: rans.encode(plane[s[0] : s[1]], freqs, self.precision, lanes),
                            self._spans(plane.size), threads)
             sizes = np.array([len(s) for s in streams], "<u8").tobytes()
-            section = b"".join([rans.pack_table(freqs), sizes, *streams])
+            section = b"".join([bytes([lanes]), rans.pack_table(freqs), sizes, *streams])
             if len(section) < plane.size:
                 return struct.pack("<BQ", RANS, len(section)) + section
         return struct.pack("<BQ", RAW, plane.size) + plane.tobytes()
@@ -86,7 +88,10 @@ class Ans(Codec):
             if method != RANS:
                 raise CorruptDataError(f"ans: unknown plane method {method}")
             sr = Reader(body, "ans")
-            freqs, sr.pos = rans.unpack_table(body, 0, self.precision)
+            lanes = sr.u8()
+            if not 1 <= lanes <= rans.MAX_LANES:
+                raise CorruptDataError(f"ans: bad lane count {lanes}")
+            freqs, sr.pos = rans.unpack_table(body, sr.pos, self.precision)
             sizes = sr.array("<u8", len(spans))
             streams = [sr.take(int(s)) for s in sizes]
             sr.done()
@@ -95,14 +100,14 @@ class Ans(Codec):
 
                 def decode_span(i):
                     a, b = spans[i]
-                    used = _entropy.rans_decode_join16(streams[i], freqs, self.precision, self.lanes,
+                    used = _entropy.rans_decode_join16(streams[i], freqs, self.precision, lanes,
                                                        low[a:b], out[2 * a : 2 * b], dtype.is_float)
                     if used != len(streams[i]):
                         raise CorruptDataError("ans: rANS stream is corrupt")
             else:
                 def decode_span(i):
                     a, b = spans[i]
-                    rans.decode_into(streams[i], freqs, self.precision, self.lanes, plane[a:b])
+                    rans.decode_into(streams[i], freqs, self.precision, lanes, plane[a:b])
 
             pmap(decode_span, range(len(spans)), threads)
         return out if fused else join(planes, dtype)

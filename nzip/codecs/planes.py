@@ -6,7 +6,8 @@ well while the mantissa planes stay near-random. Each (chunk, plane) is stored r
 rANS-coded with its own table, or zstd-coded (when zstd_level > 0), whichever is smallest.
 
 Payload: nchunks x u64 chunk sizes, then each chunk: for each plane
-`u8 method, u64 length, bytes` (method 0 raw, 1 rANS = table + stream, 2 zstd).
+`u8 method, u64 length, bytes` (method 0 raw, 1 rANS = u8 lanes + table + stream, 2 zstd).
+lanes=0 (default) picks the lane count from the chunk length (rans.auto_lanes).
 """
 
 from __future__ import annotations
@@ -59,8 +60,9 @@ def encode_block(block: np.ndarray, precision: int, lanes: int, zstd_level: int)
         counts = rans.histogram(block)
         freqs = rans.quantize(counts, precision)
         # estimate first: skip coding planes that would not shrink (random mantissas)
-        if rans.cost_bits(counts, freqs, precision) / 8 + 40 + 4 * lanes < 0.99 * block.size:
-            coded = rans.pack_table(freqs) + rans.encode(block, freqs, precision, lanes)
+        if rans.cost_bits(counts, freqs, precision) / 8 + 40 + 4 * (lanes or 64) < 0.99 * block.size:
+            lanes = lanes or rans.auto_lanes(block.size)
+            coded = bytes([lanes]) + rans.pack_table(freqs) + rans.encode(block, freqs, precision, lanes)
             if len(coded) < len(best):
                 best_method, best = RANS, coded
         if zstd_level > 0:
@@ -70,7 +72,7 @@ def encode_block(block: np.ndarray, precision: int, lanes: int, zstd_level: int)
     return struct.pack("<BQ", best_method, len(best)) + best
 
 
-def decode_block(r: Reader, out: np.ndarray, precision: int, lanes: int) -> None:
+def decode_block(r: Reader, out: np.ndarray, precision: int) -> None:
     method = r.u8()
     body = r.take(r.u64())
     if method == RAW:
@@ -78,7 +80,10 @@ def decode_block(r: Reader, out: np.ndarray, precision: int, lanes: int) -> None
             raise CorruptDataError("planes: raw plane has the wrong length")
         out[:] = np.frombuffer(body, np.uint8)
     elif method == RANS:
-        freqs, pos = rans.unpack_table(body, 0, precision)
+        lanes = body[0] if len(body) else 0
+        if not 1 <= lanes <= rans.MAX_LANES:
+            raise CorruptDataError(f"planes: bad lane count {lanes}")
+        freqs, pos = rans.unpack_table(body, 1, precision)
         rans.decode_into(body[pos:], freqs, precision, lanes, out)
     elif method == ZSTD:
         out[:] = np.frombuffer(zstd.decompress(body, out.size), np.uint8)
@@ -89,13 +94,13 @@ def decode_block(r: Reader, out: np.ndarray, precision: int, lanes: int) -> None
 @register
 class Planes(Codec):
     codec_id = "planes"
-    params = {"chunk": 1 << 18, "precision": 12, "lanes": 8, "zstd_level": 0}
+    params = {"chunk": 1 << 18, "precision": 12, "lanes": 0, "zstd_level": 0}
     dtypes = PLANE_DTYPES
 
     def validate(self):
         self._check_int("chunk", 1 << 10, 1 << 30)
         self._check_int("precision", rans.MIN_PRECISION, rans.MAX_PRECISION)
-        self._check_int("lanes", 1, rans.MAX_LANES)
+        self._check_int("lanes", 0, rans.MAX_LANES)
         self._check_int("zstd_level", 0, 22)
 
     def _chunks(self, n_words: int) -> list[tuple[int, int]]:
@@ -134,7 +139,7 @@ class Planes(Codec):
             cr = Reader(payload[int(starts[i]) : int(starts[i]) + int(sizes[i])], "planes")
             planes = np.empty(m * word, np.uint8)
             for k in range(word):
-                decode_block(cr, planes[k * m : (k + 1) * m], self.precision, self.lanes)
+                decode_block(cr, planes[k * m : (k + 1) * m], self.precision)
             cr.done()
             out[a * word : b * word] = join(planes, dtype)
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 HERE = Path(__file__).parent
-CODECS = {"raw": {}, "zstd": {"level": 3}, "planes": {"chunk": 1024}, "ans": {"chunk": 1024, "lanes": 8},
+CODECS = {"raw": {}, "zstd": {"level": 3}, "planes": {"chunk": 1024}, "ans": {"chunk": 4096, "lanes": 32},
           "dfloat11": {"block": 256}}
 
 

@@ -170,7 +170,7 @@ static PyObject *histogram(PyObject *self, PyObject *args) {
  */
 
 #define RANS_L (1u << 15)
-#define MAX_LANES 32
+#define MAX_LANES 64
 #define MAX_P 12
 
 typedef struct {
@@ -210,20 +210,92 @@ static inline __attribute__((always_inline)) uint32_t enc_put(uint32_t v, const 
     return v + s->bias + q * s->cmpl_freq;
 }
 
-static inline __attribute__((always_inline)) uint16_t *enc_loop(const uint8_t *sym, Py_ssize_t n,
-                                                               const enc_sym *tab, uint16_t *w,
-                                                               uint32_t *x, const int lanes) {
+/* Encoding runs backwards: first the last, partial group of lanes, then whole groups
+ * down to symbol 0 (the SIMD path takes over the whole groups when it can). */
+static uint16_t *enc_tail(const uint8_t *sym, Py_ssize_t n, const enc_sym *tab, uint16_t *w,
+                          uint32_t *x, int lanes) {
+    for (Py_ssize_t i = n - 1; i >= n - n % lanes; i--) x[i % lanes] = enc_put(x[i % lanes], &tab[sym[i]], &w);
+    return w;
+}
+
+static inline __attribute__((always_inline)) uint16_t *enc_groups(const uint8_t *sym, Py_ssize_t groups_end,
+                                                                 const enc_sym *tab, uint16_t *w,
+                                                                 uint32_t *x, const int lanes) {
     uint32_t st[MAX_LANES];
     for (int j = 0; j < lanes; j++) st[j] = x[j];
-    Py_ssize_t i = n;
-    while (i % lanes) { i--; st[i % lanes] = enc_put(st[i % lanes], &tab[sym[i]], &w); }
-    while (i > 0) {
+    for (Py_ssize_t i = groups_end; i > 0;) {
         i -= lanes;
         for (int j = lanes - 1; j >= 0; j--) st[j] = enc_put(st[j], &tab[sym[i + j]], &w);
     }
     for (int j = 0; j < lanes; j++) x[j] = st[j];
     return w;
 }
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define SIMD_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,popcnt")))
+
+/* AVX-512 encoder for 16 * nv lanes: 16 states per vector. Division by the frequency is a
+ * multiplication by a double reciprocal: x < 2^31 and freq <= 2^12 keep floor(x * (1/f)
+ * + 2^-20) exact. Words of the lanes that renormalise are compressed and stored below the
+ * stream in lane order, exactly where the scalar encoder would put them. */
+SIMD_TARGET static uint16_t *enc_groups_avx512(const uint8_t *sym, Py_ssize_t groups_end,
+                                                const uint32_t *freq, int P, uint16_t *w,
+                                                uint32_t *x, int nv) {
+    uint32_t fs[256];
+    double rcp[256];
+    uint32_t start = 0;
+    for (int s = 0; s < 256; s++) {
+        fs[s] = freq[s] | (start << 16);
+        rcp[s] = freq[s] ? 1.0 / freq[s] : 0.0;
+        start += freq[s];
+    }
+    __m512i X[4];
+    for (int v = 0; v < nv; v++) X[v] = _mm512_loadu_si512(x + 16 * v);
+    const __m512i lo16 = _mm512_set1_epi32(0xffff), M = _mm512_set1_epi32(1 << P);
+    const __m512d eps = _mm512_set1_pd(1.0 / (1 << 20));
+    const int lanes = 16 * nv;
+    for (Py_ssize_t i = groups_end; i > 0;) {
+        i -= lanes;
+        for (int v = nv - 1; v >= 0; v--) {
+            __m512i s = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(sym + i + 16 * v)));
+            __m512i f = _mm512_i32gather_epi32(s, fs, 4);
+            __m512i fr = _mm512_and_si512(f, lo16), st = _mm512_srli_epi32(f, 16);
+            __m512i xmax = _mm512_sll_epi32(fr, _mm_cvtsi32_si128(31 - P));
+            __mmask16 k = _mm512_cmpge_epu32_mask(X[v], xmax);
+            int cnt = __builtin_popcount(k);
+            w -= cnt;
+            __m256i words = _mm512_cvtepi32_epi16(_mm512_maskz_compress_epi32(k, X[v]));
+            _mm256_mask_storeu_epi16(w, (__mmask16)((1u << cnt) - 1), words);
+            X[v] = _mm512_mask_srli_epi32(X[v], k, X[v], 16);
+            __m512d r0 = _mm512_i32gather_pd(_mm512_castsi512_si256(s), rcp, 8);
+            __m512d r1 = _mm512_i32gather_pd(_mm512_extracti64x4_epi64(s, 1), rcp, 8);
+            __m256i q0 = _mm512_cvttpd_epu32(_mm512_fmadd_pd(_mm512_cvtepu32_pd(_mm512_castsi512_si256(X[v])), r0, eps));
+            __m256i q1 = _mm512_cvttpd_epu32(_mm512_fmadd_pd(_mm512_cvtepu32_pd(_mm512_extracti64x4_epi64(X[v], 1)), r1, eps));
+            __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1);
+            X[v] = _mm512_add_epi32(_mm512_add_epi32(X[v], st), _mm512_mullo_epi32(q, _mm512_sub_epi32(M, fr)));
+        }
+    }
+    for (int v = 0; v < nv; v++) _mm512_storeu_si512(x + 16 * v, X[v]);
+    return w;
+}
+
+static int simd_enabled = -1; /* -1: not probed yet */
+
+static int use_simd(void) {
+    if (simd_enabled < 0) {
+        const char *off = getenv("NZIP_NO_SIMD");
+        __builtin_cpu_init();
+        simd_enabled = !(off && *off && *off != '0') && __builtin_cpu_supports("avx512f") &&
+                       __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+    }
+    return simd_enabled;
+}
+#define HAVE_SIMD 1
+#else
+static int use_simd(void) { return 0; }
+#define HAVE_SIMD 0
+#endif
 
 /* rans_encode(symbols u8, freq u32[256], P, lanes, dst) -> start offset of the stream in
  * dst; the stream fills dst[start:]. dst needs 2*n + 4*lanes + 4 bytes. */
@@ -256,11 +328,19 @@ static PyObject *rans_encode(PyObject *self, PyObject *args) {
         for (int j = 0; j < lanes; j++) x[j] = RANS_L;
         /* one spare word at the front: the branch-free store may write below the stream */
         uint16_t *w = (uint16_t *)(dst + (b[2].len & ~(Py_ssize_t)1));
+        w = enc_tail(sym, n, tab, w, x, lanes);
+        Py_ssize_t groups_end = n - n % lanes;
+#if HAVE_SIMD
+        if ((lanes == 16 || lanes == 32 || lanes == 64) && use_simd())
+            w = enc_groups_avx512(sym, groups_end, freq, P, w, x, lanes / 16);
+        else
+#endif
         switch (lanes) {
-        case 4: w = enc_loop(sym, n, tab, w, x, 4); break;
-        case 8: w = enc_loop(sym, n, tab, w, x, 8); break;
-        case 16: w = enc_loop(sym, n, tab, w, x, 16); break;
-        default: w = enc_loop(sym, n, tab, w, x, lanes); break;
+        case 4: w = enc_groups(sym, groups_end, tab, w, x, 4); break;
+        case 8: w = enc_groups(sym, groups_end, tab, w, x, 8); break;
+        case 16: w = enc_groups(sym, groups_end, tab, w, x, 16); break;
+        case 32: w = enc_groups(sym, groups_end, tab, w, x, 32); break;
+        default: w = enc_groups(sym, groups_end, tab, w, x, lanes); break;
         }
         ptr = (uint8_t *)w - 4 * lanes;
         for (int j = 0; j < lanes; j++) memcpy(ptr + 4 * j, &x[j], 4);
@@ -296,11 +376,10 @@ static inline __attribute__((always_inline)) void sink_put(const dec_sink *k, Py
 /* returns the word pointer after decoding, or NULL if the stream ran out */
 static inline __attribute__((always_inline)) const uint16_t *dec_loop(
         const uint32_t *tab, int P, uint32_t *x, const uint16_t *w, const uint16_t *wend,
-        Py_ssize_t n, const dec_sink *k, const int lanes, const int fused) {
+        Py_ssize_t i, Py_ssize_t n, const dec_sink *k, const int lanes, const int fused) {
     const uint32_t mask = (1u << P) - 1;
     uint32_t st[MAX_LANES];
     for (int j = 0; j < lanes; j++) st[j] = x[j];
-    Py_ssize_t i = 0;
     /* fast loop: branch-free renormalisation while a full group's words are surely there */
     while (i + lanes <= n && wend - w >= lanes) {
         for (int j = 0; j < lanes; j++) {
@@ -327,6 +406,49 @@ static inline __attribute__((always_inline)) const uint16_t *dec_loop(
     for (int j = 0; j < lanes; j++) x[j] = st[j];
     return w;
 }
+
+#if HAVE_SIMD
+/* AVX-512 decoder for 16 * nv lanes: one gather per 16 symbols, and the words of the lanes
+ * that renormalise are expanded into them in lane order. Runs while a whole group's words
+ * are surely in the buffer; returns the index reached (the scalar loop finishes). */
+SIMD_TARGET static Py_ssize_t dec_avx512(const uint32_t *tab, int P, uint32_t *x, const uint16_t **wp,
+                                         const uint16_t *wend, Py_ssize_t n, const dec_sink *k,
+                                         int nv, int fused) {
+    const int lanes = 16 * nv;
+    const uint16_t *w = *wp;
+    __m512i X[4];
+    for (int v = 0; v < nv; v++) X[v] = _mm512_loadu_si512(x + 16 * v);
+    const __m512i mask = _mm512_set1_epi32((1 << P) - 1), m12 = _mm512_set1_epi32(0xfff),
+                  one = _mm512_set1_epi32(1), L = _mm512_set1_epi32(RANS_L), ff = _mm512_set1_epi32(0xff),
+                  lo16 = _mm512_set1_epi32(0xffff);
+    const __m128i sP = _mm_cvtsi32_si128(P);
+    Py_ssize_t i = 0;
+    for (; i + lanes <= n && wend - w >= lanes; i += lanes) {
+        for (int v = 0; v < nv; v++) {
+            __m512i e = _mm512_i32gather_epi32(_mm512_and_si512(X[v], mask), tab, 4);
+            __m512i f = _mm512_add_epi32(_mm512_and_si512(_mm512_srli_epi32(e, 8), m12), one);
+            __m512i y = _mm512_add_epi32(_mm512_mullo_epi32(f, _mm512_srl_epi32(X[v], sP)), _mm512_srli_epi32(e, 20));
+            __mmask16 km = _mm512_cmplt_epu32_mask(y, L);
+            __m512i words = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)w));
+            X[v] = _mm512_mask_or_epi32(y, km, _mm512_slli_epi32(y, 16), _mm512_maskz_expand_epi32(km, words));
+            w += __builtin_popcount(km);
+            Py_ssize_t o = i + 16 * v;
+            if (fused) {
+                __m512i low = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(k->low + o)));
+                __m512i val = _mm512_or_si512(_mm512_slli_epi32(_mm512_and_si512(e, ff), 8), low);
+                if (k->rotate)
+                    val = _mm512_and_si512(_mm512_or_si512(_mm512_srli_epi32(val, 1), _mm512_slli_epi32(val, 15)), lo16);
+                _mm256_storeu_si256((__m256i *)(k->out16 + o), _mm512_cvtepi32_epi16(val));
+            } else {
+                _mm_storeu_si128((__m128i *)(k->out8 + o), _mm512_cvtepi32_epi8(e));
+            }
+        }
+    }
+    for (int v = 0; v < nv; v++) _mm512_storeu_si512(x + 16 * v, X[v]);
+    *wp = w;
+    return i;
+}
+#endif
 
 /* rans_decode(stream, freq u32[256], P, lanes, dst u8 [n]) -> bytes consumed, or -1 if
  * the stream is corrupt (runs out, or the final states are not the initial ones).
@@ -368,18 +490,24 @@ static PyObject *rans_decode_impl(PyObject *args, int fused) {
     if (ok) {
         const uint16_t *w = (const uint16_t *)(src + 4 * lanes);
         const uint16_t *wend = w + (srclen - 4 * lanes) / 2;
+        Py_ssize_t i0 = 0;
+#if HAVE_SIMD
+        if ((lanes == 16 || lanes == 32 || lanes == 64) && use_simd()) i0 = dec_avx512(tab, P, x, &w, wend, n, &k, lanes / 16, fused);
+#endif
         if (fused) {
             switch (lanes) {
-            case 8: w = dec_loop(tab, P, x, w, wend, n, &k, 8, 1); break;
-            case 16: w = dec_loop(tab, P, x, w, wend, n, &k, 16, 1); break;
-            default: w = dec_loop(tab, P, x, w, wend, n, &k, lanes, 1); break;
+            case 8: w = dec_loop(tab, P, x, w, wend, i0, n, &k, 8, 1); break;
+            case 16: w = dec_loop(tab, P, x, w, wend, i0, n, &k, 16, 1); break;
+            case 32: w = dec_loop(tab, P, x, w, wend, i0, n, &k, 32, 1); break;
+            default: w = dec_loop(tab, P, x, w, wend, i0, n, &k, lanes, 1); break;
             }
         } else {
             switch (lanes) {
-            case 4: w = dec_loop(tab, P, x, w, wend, n, &k, 4, 0); break;
-            case 8: w = dec_loop(tab, P, x, w, wend, n, &k, 8, 0); break;
-            case 16: w = dec_loop(tab, P, x, w, wend, n, &k, 16, 0); break;
-            default: w = dec_loop(tab, P, x, w, wend, n, &k, lanes, 0); break;
+            case 4: w = dec_loop(tab, P, x, w, wend, i0, n, &k, 4, 0); break;
+            case 8: w = dec_loop(tab, P, x, w, wend, i0, n, &k, 8, 0); break;
+            case 16: w = dec_loop(tab, P, x, w, wend, i0, n, &k, 16, 0); break;
+            case 32: w = dec_loop(tab, P, x, w, wend, i0, n, &k, 32, 0); break;
+            default: w = dec_loop(tab, P, x, w, wend, i0, n, &k, lanes, 0); break;
             }
         }
         ok = w != NULL;
@@ -550,11 +678,23 @@ static PyObject *huff_decode_bf16(PyObject *self, PyObject *args) {
     return PyLong_FromLong(bad ? -1 : 0);
 }
 
+/* set_simd(flag) -> whether SIMD is now in use (tests run both paths) */
+static PyObject *set_simd(PyObject *self, PyObject *args) {
+    int on;
+    if (!PyArg_ParseTuple(args, "p", &on)) return NULL;
+#if HAVE_SIMD
+    simd_enabled = -1;
+    if (on) { use_simd(); } else { simd_enabled = 0; }
+#endif
+    return PyBool_FromLong(use_simd());
+}
+
 /* ------------------------------------------------------------------------- module */
 
 static PyMethodDef methods[] = {
     {"planes_split", planes_split, METH_VARARGS, "planes_split(src, dst, itemsize, rotate)"},
     {"planes_join", planes_join, METH_VARARGS, "planes_join(src, dst, itemsize, rotate)"},
+    {"set_simd", set_simd, METH_VARARGS, "set_simd(on) -> bool: use AVX-512 where the CPU has it"},
     {"histogram", histogram, METH_VARARGS, "histogram(src, counts_u64_256)"},
     {"rans_encode", rans_encode, METH_VARARGS, "rans_encode(sym, freq, P, lanes, dst) -> start"},
     {"rans_decode", rans_decode, METH_VARARGS, "rans_decode(src, freq, P, lanes, dst) -> consumed"},
