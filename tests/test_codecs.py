@@ -155,12 +155,19 @@ def test_rans_lanes_simd_and_scalar_agree(simd, lanes):
         assert np.array_equal(rans.decode(memoryview(stream), freqs, 12, lanes, n), sym)
         low = rng.integers(0, 256, n, dtype=np.uint8)
         out = np.empty(2 * n, np.uint8)
-        assert _entropy.rans_decode_join16(stream, freqs, 12, lanes, low, out, True) == len(stream)
+        rans.decode_into(memoryview(stream), freqs, 12, lanes, out, other=low, sym_high=True, rotate=True)
         v = (sym.astype(np.uint16) << 8) | low
         assert np.array_equal(out.view(np.uint16), (v >> 1) | ((v & 1) << 15))
+        # context mode: symbol i coded with table ctxmap[low[i]], joined as the low byte
+        ctxmap = (np.arange(256) % 3).astype(np.uint8)
+        ctx_freqs = np.concatenate([rans.quantize(rans.histogram(sym[ctxmap[low] == c]), 12) for c in range(3)])
+        cstream = rans.encode(sym, ctx_freqs, 12, lanes, low, ctxmap)
+        rans.decode_into(memoryview(cstream), ctx_freqs, 12, lanes, out, low, ctxmap, other=low, sym_high=False)
+        assert np.array_equal(out.view(np.uint16), (low.astype(np.uint16) << 8) | sym)
         # the other path must produce and accept the very same bytes
         _entropy.set_simd(not simd)
         assert rans.encode(sym, freqs, 12, lanes) == stream
+        assert rans.encode(sym, ctx_freqs, 12, lanes, low, ctxmap) == cstream
         assert np.array_equal(rans.decode(memoryview(stream), freqs, 12, lanes, n), sym)
         _entropy.set_simd(simd)
 

@@ -162,21 +162,34 @@ static PyObject *histogram(PyObject *self, PyObject *args) {
  * 32-bit states kept in [L, 2^31) with L = 2^15, 16-bit little-endian words, probability
  * precision P <= 12 bits, `lanes` interleaved states sharing one word stream: symbol i
  * belongs to lane i % lanes. Stream = lanes final states (u32 LE) then the words in the
- * order the decoder reads them. The encoder divides through exact reciprocals (the
- * state stays below 2^31, where they are exact). The decoder's table packs
- * symbol | (freq - 1) << 8 | (slot - start) << 20 into one u32 (P <= 12 makes it fit),
- * so one load per symbol. Loops are specialised for common lane counts so that the
- * states live in registers.
+ * order the decoder reads them.
+ *
+ * Context mode: symbol i is coded with table ctxmap[top[i]] of K+1 tables (top is
+ * another, already known plane: the exponent, when coding the mantissa byte). Without
+ * it, there is one table.
+ *
+ * The encoder divides through exact reciprocals (the state stays below 2^31, where they
+ * are exact). The decoder's table packs symbol | (freq - 1) << 8 | (slot - start) << 20
+ * into one u32 (P <= 12 makes it fit), so one load per symbol. Loops are specialised for
+ * common lane counts so that states live in registers; AVX-512 versions run 16 lanes per
+ * vector and produce and read the very same streams.
  */
 
 #define RANS_L (1u << 15)
 #define MAX_LANES 64
 #define MAX_P 12
+#define MAX_TABLES 64
 
 typedef struct {
     uint32_t x_max, rcp_freq, bias;
     uint16_t cmpl_freq, rcp_shift;
 } enc_sym;
+
+/* Which table a symbol uses: offset[top[i]] (in table entries), or 0 without contexts. */
+typedef struct {
+    const uint8_t *top;
+    uint32_t offset[256];
+} ctx_t;
 
 static void enc_sym_init(enc_sym *s, uint32_t start, uint32_t freq, int P) {
     s->x_max = ((RANS_L >> P) << 16) * freq;
@@ -194,10 +207,13 @@ static void enc_sym_init(enc_sym *s, uint32_t start, uint32_t freq, int P) {
     }
 }
 
-static int check_freqs(const uint32_t *freq, int P) {
-    uint64_t total = 0;
-    for (int s = 0; s < 256; s++) total += freq[s];
-    return total == (1u << P);
+static int check_freqs(const uint32_t *freq, int ntables, int P) {
+    for (int t = 0; t < ntables; t++) {
+        uint64_t total = 0;
+        for (int s = 0; s < 256; s++) total += freq[256 * t + s];
+        if (total != (1u << P)) return 0;
+    }
+    return 1;
 }
 
 static inline __attribute__((always_inline)) uint32_t enc_put(uint32_t v, const enc_sym *s, uint16_t **w) {
@@ -210,22 +226,25 @@ static inline __attribute__((always_inline)) uint32_t enc_put(uint32_t v, const 
     return v + s->bias + q * s->cmpl_freq;
 }
 
+#define CTX_OFF(c, i) ((c)->top ? (c)->offset[(c)->top[i]] : 0)
+
 /* Encoding runs backwards: first the last, partial group of lanes, then whole groups
  * down to symbol 0 (the SIMD path takes over the whole groups when it can). */
-static uint16_t *enc_tail(const uint8_t *sym, Py_ssize_t n, const enc_sym *tab, uint16_t *w,
-                          uint32_t *x, int lanes) {
-    for (Py_ssize_t i = n - 1; i >= n - n % lanes; i--) x[i % lanes] = enc_put(x[i % lanes], &tab[sym[i]], &w);
+static uint16_t *enc_tail(const uint8_t *sym, Py_ssize_t n, const enc_sym *tab, const ctx_t *c,
+                          uint16_t *w, uint32_t *x, int lanes) {
+    for (Py_ssize_t i = n - 1; i >= n - n % lanes; i--)
+        x[i % lanes] = enc_put(x[i % lanes], &tab[CTX_OFF(c, i) + sym[i]], &w);
     return w;
 }
 
 static inline __attribute__((always_inline)) uint16_t *enc_groups(const uint8_t *sym, Py_ssize_t groups_end,
-                                                                 const enc_sym *tab, uint16_t *w,
-                                                                 uint32_t *x, const int lanes) {
+                                                                 const enc_sym *tab, const ctx_t *c,
+                                                                 uint16_t *w, uint32_t *x, const int lanes) {
     uint32_t st[MAX_LANES];
     for (int j = 0; j < lanes; j++) st[j] = x[j];
     for (Py_ssize_t i = groups_end; i > 0;) {
         i -= lanes;
-        for (int j = lanes - 1; j >= 0; j--) st[j] = enc_put(st[j], &tab[sym[i + j]], &w);
+        for (int j = lanes - 1; j >= 0; j--) st[j] = enc_put(st[j], &tab[CTX_OFF(c, i + j) + sym[i + j]], &w);
     }
     for (int j = 0; j < lanes; j++) x[j] = st[j];
     return w;
@@ -235,20 +254,28 @@ static inline __attribute__((always_inline)) uint16_t *enc_groups(const uint8_t 
 #include <immintrin.h>
 #define SIMD_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,popcnt")))
 
-/* AVX-512 encoder for 16 * nv lanes: 16 states per vector. Division by the frequency is a
- * multiplication by a double reciprocal: x < 2^31 and freq <= 2^12 keep floor(x * (1/f)
- * + 2^-20) exact. Words of the lanes that renormalise are compressed and stored below the
- * stream in lane order, exactly where the scalar encoder would put them. */
+static inline __attribute__((always_inline)) SIMD_TARGET __m512i load16_u8(const uint8_t *p) {
+    return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
+}
+
+/* AVX-512 encoder for 16 * nv lanes. Division by the frequency is a multiplication by a
+ * double reciprocal: x < 2^31 and freq <= 2^12 keep floor(x * (1/f) + 2^-20) exact. Words
+ * of the lanes that renormalise are compressed and stored below the stream in lane order,
+ * exactly where the scalar encoder puts them. */
 SIMD_TARGET static uint16_t *enc_groups_avx512(const uint8_t *sym, Py_ssize_t groups_end,
-                                                const uint32_t *freq, int P, uint16_t *w,
-                                                uint32_t *x, int nv) {
-    uint32_t fs[256];
-    double rcp[256];
-    uint32_t start = 0;
-    for (int s = 0; s < 256; s++) {
-        fs[s] = freq[s] | (start << 16);
-        rcp[s] = freq[s] ? 1.0 / freq[s] : 0.0;
-        start += freq[s];
+                                                const uint32_t *freq, int ntables, const ctx_t *c,
+                                                int P, uint16_t *w, uint32_t *x, int nv) {
+    uint32_t *fs = malloc(sizeof(uint32_t) * 256 * ntables);
+    double *rcp = malloc(sizeof(double) * 256 * ntables);
+    if (!fs || !rcp) { free(fs); free(rcp); return NULL; }
+    for (int t = 0; t < ntables; t++) {
+        uint32_t start = 0;
+        for (int s = 0; s < 256; s++) {
+            uint32_t f = freq[256 * t + s];
+            fs[256 * t + s] = f | (start << 16);
+            rcp[256 * t + s] = f ? 1.0 / f : 0.0;
+            start += f;
+        }
     }
     __m512i X[4];
     for (int v = 0; v < nv; v++) X[v] = _mm512_loadu_si512(x + 16 * v);
@@ -258,7 +285,9 @@ SIMD_TARGET static uint16_t *enc_groups_avx512(const uint8_t *sym, Py_ssize_t gr
     for (Py_ssize_t i = groups_end; i > 0;) {
         i -= lanes;
         for (int v = nv - 1; v >= 0; v--) {
-            __m512i s = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(sym + i + 16 * v)));
+            Py_ssize_t o = i + 16 * v;
+            __m512i s = load16_u8(sym + o);
+            if (c->top) s = _mm512_add_epi32(s, _mm512_i32gather_epi32(load16_u8(c->top + o), c->offset, 4));
             __m512i f = _mm512_i32gather_epi32(s, fs, 4);
             __m512i fr = _mm512_and_si512(f, lo16), st = _mm512_srli_epi32(f, 16);
             __m512i xmax = _mm512_sll_epi32(fr, _mm_cvtsi32_si128(31 - P));
@@ -277,6 +306,8 @@ SIMD_TARGET static uint16_t *enc_groups_avx512(const uint8_t *sym, Py_ssize_t gr
         }
     }
     for (int v = 0; v < nv; v++) _mm512_storeu_si512(x + 16 * v, X[v]);
+    free(fs);
+    free(rcp);
     return w;
 }
 
@@ -297,16 +328,36 @@ static int use_simd(void) { return 0; }
 #define HAVE_SIMD 0
 #endif
 
-/* rans_encode(symbols u8, freq u32[256], P, lanes, dst) -> start offset of the stream in
- * dst; the stream fills dst[start:]. dst needs 2*n + 4*lanes + 4 bytes. */
+#define SIMD_LANES(l) ((l) == 16 || (l) == 32 || (l) == 48 || (l) == 64)
+
+/* Parse the optional context arguments: top (n bytes) and ctxmap (256 table indices). */
+static int get_ctx(ctx_t *c, Py_buffer *top, Py_buffer *map, Py_ssize_t n, int ntables, uint32_t unit) {
+    c->top = NULL;
+    if (!top->buf) return ntables == 1;
+    if (top->len != n || map->len != 256) return 0;
+    const uint8_t *m = map->buf;
+    for (int v = 0; v < 256; v++) {
+        if (m[v] >= ntables) return 0;
+        c->offset[v] = m[v] * unit;
+    }
+    c->top = top->buf;
+    return 1;
+}
+
+/* rans_encode(symbols u8, freq u32[ntables*256], P, lanes, dst[, top, ctxmap]) -> start
+ * offset of the stream in dst; the stream fills dst[start:]. dst needs 2n + 4*lanes + 4
+ * bytes. */
 static PyObject *rans_encode(PyObject *self, PyObject *args) {
-    Py_buffer b[3];
+    Py_buffer b[5] = {{0}};
     int P, lanes;
-    if (!PyArg_ParseTuple(args, "y*y*iiw*", &b[0], &b[1], &P, &lanes, &b[2])) return NULL;
+    if (!PyArg_ParseTuple(args, "y*y*iiw*|y*y*", &b[0], &b[1], &P, &lanes, &b[2], &b[3], &b[4])) return NULL;
     Py_ssize_t n = b[0].len;
-    if (get_buffers(b, 3) < 0 || b[1].len != 256 * 4 || P < 1 || P > MAX_P || lanes < 1 ||
-        lanes > MAX_LANES || b[2].len < 2 * n + 4 * lanes + 4 || !check_freqs(b[1].buf, P)) {
-        release(b, 3);
+    int ntables = (int)(b[1].len / 1024);
+    ctx_t c;
+    if (get_buffers(b, b[3].buf ? 5 : 3) < 0 || b[1].len % 1024 || ntables < 1 || ntables > MAX_TABLES ||
+        P < 1 || P > MAX_P || lanes < 1 || lanes > MAX_LANES || b[2].len < 2 * n + 4 * lanes + 4 ||
+        !check_freqs(b[1].buf, ntables, P) || !get_ctx(&c, &b[3], &b[4], n, ntables, 256)) {
+        release(b, b[3].buf ? 5 : 3);
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "rans_encode: bad arguments");
         return NULL;
     }
@@ -316,56 +367,60 @@ static PyObject *rans_encode(PyObject *self, PyObject *args) {
     int bad = 0;
     uint8_t *ptr = dst;
     Py_BEGIN_ALLOW_THREADS
-    enc_sym tab[256];
-    uint32_t start = 0;
-    for (int s = 0; s < 256; s++) {
-        enc_sym_init(&tab[s], start, freq[s] ? freq[s] : 1, P);
-        start += freq[s];
+    enc_sym *tab = malloc(sizeof(enc_sym) * 256 * ntables);
+    bad = tab == NULL;
+    for (int t = 0; t < ntables && !bad; t++) {
+        uint32_t start = 0;
+        for (int s = 0; s < 256; s++) {
+            uint32_t f = freq[256 * t + s];
+            enc_sym_init(&tab[256 * t + s], start, f ? f : 1, P);
+            start += f;
+        }
     }
-    for (Py_ssize_t i = 0; i < n && !bad; i++) bad = freq[sym[i]] == 0;
+    for (Py_ssize_t i = 0; i < n && !bad; i++) bad = freq[CTX_OFF(&c, i) + sym[i]] == 0;
     if (!bad) {
         uint32_t x[MAX_LANES];
         for (int j = 0; j < lanes; j++) x[j] = RANS_L;
-        /* one spare word at the front: the branch-free store may write below the stream */
         uint16_t *w = (uint16_t *)(dst + (b[2].len & ~(Py_ssize_t)1));
-        w = enc_tail(sym, n, tab, w, x, lanes);
+        w = enc_tail(sym, n, tab, &c, w, x, lanes);
         Py_ssize_t groups_end = n - n % lanes;
+        uint16_t *ws = NULL;
 #if HAVE_SIMD
-        if ((lanes == 16 || lanes == 32 || lanes == 64) && use_simd())
-            w = enc_groups_avx512(sym, groups_end, freq, P, w, x, lanes / 16);
-        else
+        if (SIMD_LANES(lanes) && use_simd()) ws = enc_groups_avx512(sym, groups_end, freq, ntables, &c, P, w, x, lanes / 16);
 #endif
-        switch (lanes) {
-        case 4: w = enc_groups(sym, groups_end, tab, w, x, 4); break;
-        case 8: w = enc_groups(sym, groups_end, tab, w, x, 8); break;
-        case 16: w = enc_groups(sym, groups_end, tab, w, x, 16); break;
-        case 32: w = enc_groups(sym, groups_end, tab, w, x, 32); break;
-        default: w = enc_groups(sym, groups_end, tab, w, x, lanes); break;
+        if (ws) w = ws;
+        else switch (lanes) {
+        case 8: w = enc_groups(sym, groups_end, tab, &c, w, x, 8); break;
+        case 16: w = enc_groups(sym, groups_end, tab, &c, w, x, 16); break;
+        case 32: w = enc_groups(sym, groups_end, tab, &c, w, x, 32); break;
+        default: w = enc_groups(sym, groups_end, tab, &c, w, x, lanes); break;
         }
         ptr = (uint8_t *)w - 4 * lanes;
         for (int j = 0; j < lanes; j++) memcpy(ptr + 4 * j, &x[j], 4);
     }
+    free(tab);
     Py_END_ALLOW_THREADS
-    release(b, 3);
+    release(b, b[3].buf ? 5 : 3);
     if (bad) {
-        PyErr_SetString(PyExc_ValueError, "rans_encode: symbol with zero frequency");
+        PyErr_SetString(PyExc_ValueError, "rans_encode: symbol with zero frequency (or out of memory)");
         return NULL;
     }
     return PyLong_FromSsize_t(ptr - dst);
 }
 
-/* How a decoded symbol is written: plain bytes, or fused with the low byte plane into a
- * 16-bit element (rotated right by one bit for floats: the inverse of planes_split). */
+/* Where decoded symbols go: plain bytes (out8), or 16-bit elements joined with another
+ * plane `other`: the symbol is the high byte (sym_high) or the low byte, and the element is
+ * rotated right by one bit for floats (the inverse of planes_split). */
 typedef struct {
     uint8_t *out8;
-    const uint8_t *low;
+    const uint8_t *other;
     uint16_t *out16;
-    int rotate;
+    int sym_high, rotate;
 } dec_sink;
 
 static inline __attribute__((always_inline)) void sink_put(const dec_sink *k, Py_ssize_t i, uint32_t s, const int fused) {
     if (fused) {
-        uint16_t v = (uint16_t)((s << 8) | k->low[i]);
+        uint16_t v = k->sym_high ? (uint16_t)((s << 8) | k->other[i]) : (uint16_t)((k->other[i] << 8) | s);
         v = k->rotate ? (uint16_t)((v >> 1) | (v << 15)) : v;
         memcpy(k->out16 + i, &v, 2);
     } else {
@@ -375,7 +430,7 @@ static inline __attribute__((always_inline)) void sink_put(const dec_sink *k, Py
 
 /* returns the word pointer after decoding, or NULL if the stream ran out */
 static inline __attribute__((always_inline)) const uint16_t *dec_loop(
-        const uint32_t *tab, int P, uint32_t *x, const uint16_t *w, const uint16_t *wend,
+        const uint32_t *tab, const ctx_t *c, int P, uint32_t *x, const uint16_t *w, const uint16_t *wend,
         Py_ssize_t i, Py_ssize_t n, const dec_sink *k, const int lanes, const int fused) {
     const uint32_t mask = (1u << P) - 1;
     uint32_t st[MAX_LANES];
@@ -383,7 +438,7 @@ static inline __attribute__((always_inline)) const uint16_t *dec_loop(
     /* fast loop: branch-free renormalisation while a full group's words are surely there */
     while (i + lanes <= n && wend - w >= lanes) {
         for (int j = 0; j < lanes; j++) {
-            uint32_t v = st[j], e = tab[v & mask];
+            uint32_t v = st[j], e = tab[CTX_OFF(c, i + j) + (v & mask)];
             sink_put(k, i + j, e & 0xff, fused);
             v = (((e >> 8) & 0xfff) + 1) * (v >> P) + (e >> 20);
             uint32_t r = v < RANS_L, m = 0u - r; /* arithmetic select: a branch here mispredicts */
@@ -394,7 +449,7 @@ static inline __attribute__((always_inline)) const uint16_t *dec_loop(
     }
     for (; i < n; i++) {
         int j = (int)(i % lanes);
-        uint32_t v = st[j], e = tab[v & mask];
+        uint32_t v = st[j], e = tab[CTX_OFF(c, i) + (v & mask)];
         sink_put(k, i, e & 0xff, fused);
         v = (((e >> 8) & 0xfff) + 1) * (v >> P) + (e >> 20);
         if (v < RANS_L) {
@@ -408,12 +463,13 @@ static inline __attribute__((always_inline)) const uint16_t *dec_loop(
 }
 
 #if HAVE_SIMD
-/* AVX-512 decoder for 16 * nv lanes: one gather per 16 symbols, and the words of the lanes
- * that renormalise are expanded into them in lane order. Runs while a whole group's words
- * are surely in the buffer; returns the index reached (the scalar loop finishes). */
-SIMD_TARGET static Py_ssize_t dec_avx512(const uint32_t *tab, int P, uint32_t *x, const uint16_t **wp,
-                                         const uint16_t *wend, Py_ssize_t n, const dec_sink *k,
-                                         int nv, int fused) {
+/* AVX-512 decoder for 16 * nv lanes: one gather per 16 symbols (two with contexts, the
+ * first off the critical path), and the words of the lanes that renormalise are expanded
+ * into them in lane order. Runs while a whole group's words are surely in the buffer;
+ * returns the index reached (the scalar loop finishes). */
+SIMD_TARGET static Py_ssize_t dec_avx512(const uint32_t *tab, const ctx_t *c, int P, uint32_t *x,
+                                         const uint16_t **wp, const uint16_t *wend, Py_ssize_t n,
+                                         const dec_sink *k, int nv, int fused) {
     const int lanes = 16 * nv;
     const uint16_t *w = *wp;
     __m512i X[4];
@@ -425,17 +481,20 @@ SIMD_TARGET static Py_ssize_t dec_avx512(const uint32_t *tab, int P, uint32_t *x
     Py_ssize_t i = 0;
     for (; i + lanes <= n && wend - w >= lanes; i += lanes) {
         for (int v = 0; v < nv; v++) {
-            __m512i e = _mm512_i32gather_epi32(_mm512_and_si512(X[v], mask), tab, 4);
+            Py_ssize_t o = i + 16 * v;
+            __m512i slot = _mm512_and_si512(X[v], mask);
+            if (c->top) slot = _mm512_add_epi32(slot, _mm512_i32gather_epi32(load16_u8(c->top + o), c->offset, 4));
+            __m512i e = _mm512_i32gather_epi32(slot, tab, 4);
             __m512i f = _mm512_add_epi32(_mm512_and_si512(_mm512_srli_epi32(e, 8), m12), one);
             __m512i y = _mm512_add_epi32(_mm512_mullo_epi32(f, _mm512_srl_epi32(X[v], sP)), _mm512_srli_epi32(e, 20));
             __mmask16 km = _mm512_cmplt_epu32_mask(y, L);
             __m512i words = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)w));
             X[v] = _mm512_mask_or_epi32(y, km, _mm512_slli_epi32(y, 16), _mm512_maskz_expand_epi32(km, words));
             w += __builtin_popcount(km);
-            Py_ssize_t o = i + 16 * v;
             if (fused) {
-                __m512i low = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(k->low + o)));
-                __m512i val = _mm512_or_si512(_mm512_slli_epi32(_mm512_and_si512(e, ff), 8), low);
+                __m512i sym = _mm512_and_si512(e, ff), other = load16_u8(k->other + o);
+                __m512i val = k->sym_high ? _mm512_or_si512(_mm512_slli_epi32(sym, 8), other)
+                                          : _mm512_or_si512(_mm512_slli_epi32(other, 8), sym);
                 if (k->rotate)
                     val = _mm512_and_si512(_mm512_or_si512(_mm512_srli_epi32(val, 1), _mm512_slli_epi32(val, 15)), lo16);
                 _mm256_storeu_si256((__m256i *)(k->out16 + o), _mm512_cvtepi32_epi16(val));
@@ -450,64 +509,73 @@ SIMD_TARGET static Py_ssize_t dec_avx512(const uint32_t *tab, int P, uint32_t *x
 }
 #endif
 
-/* rans_decode(stream, freq u32[256], P, lanes, dst u8 [n]) -> bytes consumed, or -1 if
- * the stream is corrupt (runs out, or the final states are not the initial ones).
- * rans_decode_join16(stream, freq, P, lanes, low u8 [n], dst [2n], rotate): the same,
- * writing 16-bit elements (decoded symbol = high byte, low[i] = low byte). */
-static PyObject *rans_decode_impl(PyObject *args, int fused) {
-    Py_buffer b[4];
-    int P, lanes, rotate = 0, nb = fused ? 4 : 3;
-    int okargs = fused ? PyArg_ParseTuple(args, "y*y*iiy*w*p", &b[0], &b[1], &P, &lanes, &b[3], &b[2], &rotate)
-                       : PyArg_ParseTuple(args, "y*y*iiw*", &b[0], &b[1], &P, &lanes, &b[2]);
-    if (!okargs) return NULL;
-    Py_ssize_t n = fused ? b[3].len : b[2].len;
-    if (get_buffers(b, nb) < 0 || b[1].len != 256 * 4 || P < 1 || P > MAX_P || lanes < 1 ||
-        lanes > MAX_LANES || !check_freqs(b[1].buf, P) || (fused && b[2].len != 2 * n)) {
-        release(b, nb);
+/* rans_decode(stream, freq u32[ntables*256], P, lanes, dst[, top, ctxmap[, other, sym_high,
+ * rotate]]) -> bytes consumed, or -1 if the stream is corrupt (runs out, or the final
+ * states are not the initial ones). dst is n bytes (plain), or 2n bytes when `other` is
+ * given: then each decoded symbol is joined with other[i] into a 16-bit element. Pass
+ * None for top and ctxmap to decode without contexts. */
+static PyObject *rans_decode(PyObject *self, PyObject *args) {
+    Py_buffer b[6] = {{0}};
+    PyObject *top_obj = Py_None, *map_obj = Py_None;
+    int P, lanes, sym_high = 1, rotate = 0;
+    if (!PyArg_ParseTuple(args, "y*y*iiw*|OOy*pp", &b[0], &b[1], &P, &lanes, &b[2], &top_obj, &map_obj,
+                          &b[5], &sym_high, &rotate))
+        return NULL;
+    int ok_args = 1;
+    if (top_obj != Py_None && PyObject_GetBuffer(top_obj, &b[3], PyBUF_SIMPLE) < 0) ok_args = 0;
+    if (ok_args && map_obj != Py_None && PyObject_GetBuffer(map_obj, &b[4], PyBUF_SIMPLE) < 0) ok_args = 0;
+    int fused = b[5].buf != NULL;
+    Py_ssize_t n = fused ? b[5].len : b[2].len;
+    int ntables = (int)(b[1].len / 1024);
+    ctx_t c;
+    if (!ok_args || b[1].len % 1024 || ntables < 1 || ntables > MAX_TABLES || P < 1 || P > MAX_P ||
+        lanes < 1 || lanes > MAX_LANES || !check_freqs(b[1].buf, ntables, P) ||
+        (fused && b[2].len != 2 * n) || !get_ctx(&c, &b[3], &b[4], n, ntables, 1u << P)) {
+        for (int i = 0; i < 6; i++) if (b[i].obj) PyBuffer_Release(&b[i]);
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "rans_decode: bad arguments");
         return NULL;
     }
     const uint8_t *src = b[0].buf;
     Py_ssize_t srclen = b[0].len;
     const uint32_t *freq = b[1].buf;
-    dec_sink k = {fused ? NULL : b[2].buf, fused ? b[3].buf : NULL, fused ? b[2].buf : NULL, rotate};
+    dec_sink k = {fused ? NULL : b[2].buf, b[5].buf, fused ? b[2].buf : NULL, sym_high, rotate};
     Py_ssize_t consumed = -1;
     Py_BEGIN_ALLOW_THREADS
-    uint32_t *tab = malloc(sizeof(uint32_t) << P);
+    uint32_t *tab = malloc((sizeof(uint32_t) << P) * ntables);
     uint32_t x[MAX_LANES];
     int ok = tab != NULL && srclen >= 4 * lanes;
-    if (ok) {
-        uint32_t start = 0;
+    for (int t = 0; ok && t < ntables; t++) {
+        uint32_t start = 0, *tt = tab + ((size_t)t << P);
         for (int s = 0; s < 256; s++) {
-            for (uint32_t q = 0; q < freq[s]; q++) tab[start + q] = (uint32_t)s | ((freq[s] - 1) << 8) | (q << 20);
-            start += freq[s];
+            uint32_t f = freq[256 * t + s];
+            for (uint32_t q = 0; q < f; q++) tt[start + q] = (uint32_t)s | ((f - 1) << 8) | (q << 20);
+            start += f;
         }
-        for (int j = 0; j < lanes; j++) {
-            memcpy(&x[j], src + 4 * j, 4);
-            if (x[j] < RANS_L || x[j] >= (1u << 31)) ok = 0;
-        }
+    }
+    for (int j = 0; ok && j < lanes; j++) {
+        memcpy(&x[j], src + 4 * j, 4);
+        if (x[j] < RANS_L || x[j] >= (1u << 31)) ok = 0;
     }
     if (ok) {
         const uint16_t *w = (const uint16_t *)(src + 4 * lanes);
         const uint16_t *wend = w + (srclen - 4 * lanes) / 2;
         Py_ssize_t i0 = 0;
 #if HAVE_SIMD
-        if ((lanes == 16 || lanes == 32 || lanes == 64) && use_simd()) i0 = dec_avx512(tab, P, x, &w, wend, n, &k, lanes / 16, fused);
+        if (SIMD_LANES(lanes) && use_simd()) i0 = dec_avx512(tab, &c, P, x, &w, wend, n, &k, lanes / 16, fused);
 #endif
         if (fused) {
             switch (lanes) {
-            case 8: w = dec_loop(tab, P, x, w, wend, i0, n, &k, 8, 1); break;
-            case 16: w = dec_loop(tab, P, x, w, wend, i0, n, &k, 16, 1); break;
-            case 32: w = dec_loop(tab, P, x, w, wend, i0, n, &k, 32, 1); break;
-            default: w = dec_loop(tab, P, x, w, wend, i0, n, &k, lanes, 1); break;
+            case 8: w = dec_loop(tab, &c, P, x, w, wend, i0, n, &k, 8, 1); break;
+            case 16: w = dec_loop(tab, &c, P, x, w, wend, i0, n, &k, 16, 1); break;
+            case 32: w = dec_loop(tab, &c, P, x, w, wend, i0, n, &k, 32, 1); break;
+            default: w = dec_loop(tab, &c, P, x, w, wend, i0, n, &k, lanes, 1); break;
             }
         } else {
             switch (lanes) {
-            case 4: w = dec_loop(tab, P, x, w, wend, i0, n, &k, 4, 0); break;
-            case 8: w = dec_loop(tab, P, x, w, wend, i0, n, &k, 8, 0); break;
-            case 16: w = dec_loop(tab, P, x, w, wend, i0, n, &k, 16, 0); break;
-            case 32: w = dec_loop(tab, P, x, w, wend, i0, n, &k, 32, 0); break;
-            default: w = dec_loop(tab, P, x, w, wend, i0, n, &k, lanes, 0); break;
+            case 8: w = dec_loop(tab, &c, P, x, w, wend, i0, n, &k, 8, 0); break;
+            case 16: w = dec_loop(tab, &c, P, x, w, wend, i0, n, &k, 16, 0); break;
+            case 32: w = dec_loop(tab, &c, P, x, w, wend, i0, n, &k, 32, 0); break;
+            default: w = dec_loop(tab, &c, P, x, w, wend, i0, n, &k, lanes, 0); break;
             }
         }
         ok = w != NULL;
@@ -516,12 +584,28 @@ static PyObject *rans_decode_impl(PyObject *args, int fused) {
     }
     free(tab);
     Py_END_ALLOW_THREADS
-    release(b, nb);
+    for (int i = 0; i < 6; i++) if (b[i].obj) PyBuffer_Release(&b[i]);
     return PyLong_FromSsize_t(consumed);
 }
 
-static PyObject *rans_decode(PyObject *self, PyObject *args) { return rans_decode_impl(args, 0); }
-static PyObject *rans_decode_join16(PyObject *self, PyObject *args) { return rans_decode_impl(args, 1); }
+/* joint_histogram(a u8[n], b u8[n], counts u64[65536]): counts[a << 8 | b] += 1 */
+static PyObject *joint_histogram(PyObject *self, PyObject *args) {
+    Py_buffer b[3];
+    if (!PyArg_ParseTuple(args, "y*y*w*", &b[0], &b[1], &b[2])) return NULL;
+    if (get_buffers(b, 3) < 0 || b[0].len != b[1].len || b[2].len != 65536 * 8) {
+        release(b, 3);
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "joint_histogram: bad sizes");
+        return NULL;
+    }
+    const uint8_t *x = b[0].buf, *y = b[1].buf;
+    uint64_t *counts = b[2].buf;
+    Py_ssize_t n = b[0].len;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) counts[(x[i] << 8) | y[i]]++;
+    Py_END_ALLOW_THREADS
+    release(b, 3);
+    Py_RETURN_NONE;
+}
 
 /* ---------------------------------------------------------- Huffman, DFloat11 layout
  * bf16 = sign | exponent(8) | mantissa(7). The exponent is Huffman coded, MSB-first into
@@ -696,9 +780,9 @@ static PyMethodDef methods[] = {
     {"planes_join", planes_join, METH_VARARGS, "planes_join(src, dst, itemsize, rotate)"},
     {"set_simd", set_simd, METH_VARARGS, "set_simd(on) -> bool: use AVX-512 where the CPU has it"},
     {"histogram", histogram, METH_VARARGS, "histogram(src, counts_u64_256)"},
-    {"rans_encode", rans_encode, METH_VARARGS, "rans_encode(sym, freq, P, lanes, dst) -> start"},
-    {"rans_decode", rans_decode, METH_VARARGS, "rans_decode(src, freq, P, lanes, dst) -> consumed"},
-    {"rans_decode_join16", rans_decode_join16, METH_VARARGS, "rans_decode_join16(src, freq, P, lanes, low, dst, rotate) -> consumed"},
+    {"rans_encode", rans_encode, METH_VARARGS, "rans_encode(sym, freq, P, lanes, dst[, top, ctxmap]) -> start"},
+    {"rans_decode", rans_decode, METH_VARARGS, "rans_decode(src, freq, P, lanes, dst[, top, ctxmap[, other, sym_high, rotate]]) -> consumed"},
+    {"joint_histogram", joint_histogram, METH_VARARGS, "joint_histogram(a, b, counts_u64_65536)"},
     {"bf16_split", bf16_split, METH_VARARGS, "bf16_split(src, exp, sign_mantissa)"},
     {"huff_encode", huff_encode, METH_VARARGS, "huff_encode(exp, code, length, block, dst, offsets) -> nbits"},
     {"huff_decode_bf16", huff_decode_bf16, METH_VARARGS, "huff_decode_bf16(...) -> 0 or -1"},

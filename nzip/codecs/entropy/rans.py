@@ -19,11 +19,11 @@ MAX_LANES = 64
 def auto_lanes(n: int) -> int:
     """Interleaved states for a stream of n symbols: many lanes feed the AVX-512 loops (16
     states per vector), but each costs 4 bytes of final state, which small streams feel."""
-    if n >= 1 << 20:
+    if n >= 1 << 18:
         return 64
-    if n >= 1 << 16:
+    if n >= 1 << 15:
         return 32
-    if n >= 1 << 13:
+    if n >= 1 << 12:
         return 16
     return 8
 
@@ -63,29 +63,48 @@ def cost_bits(counts: np.ndarray, freqs: np.ndarray, precision: int) -> float:
 
 
 def pack_table(freqs: np.ndarray) -> bytes:
+    """32-byte presence bitmap, u8 width (1 or 2), then freq - 1 of each present symbol."""
     present = freqs > 0
-    return np.packbits(present).tobytes() + freqs[present].astype("<u2").tobytes()
+    values = freqs[present].astype(np.int64) - 1
+    width = 1 if values.size == 0 or values.max() < 256 else 2
+    return np.packbits(present).tobytes() + bytes([width]) + values.astype(f"<u{width}").tobytes()
 
 
 def unpack_table(buf: memoryview, pos: int, precision: int) -> tuple[np.ndarray, int]:
-    if pos + 32 > len(buf):
+    if pos + 33 > len(buf):
         raise CorruptDataError("rANS table truncated")
     present = np.unpackbits(np.frombuffer(buf, np.uint8, 32, pos)).astype(bool)
+    width = buf[pos + 32]
     k = int(present.sum())
-    pos += 32
-    if pos + 2 * k > len(buf):
-        raise CorruptDataError("rANS table truncated")
+    pos += 33
+    if width not in (1, 2) or pos + width * k > len(buf):
+        raise CorruptDataError("rANS table truncated or malformed")
     freqs = np.zeros(256, np.uint32)
-    freqs[present] = np.frombuffer(buf, "<u2", k, pos)
-    if int(freqs.sum()) != 1 << precision or (freqs[present] == 0).any():
+    freqs[present] = np.frombuffer(buf, f"<u{width}", k, pos).astype(np.uint32) + 1
+    if int(freqs.sum()) != 1 << precision:
         raise CorruptDataError("rANS table does not sum to its precision")
-    return freqs, pos + 2 * k
+    return freqs, pos + width * k
 
 
-def encode(symbols: np.ndarray, freqs: np.ndarray, precision: int, lanes: int) -> bytes:
+def table_bytes(counts: np.ndarray):
+    """Size pack_table will need for tables built from counts (one per row; an estimate:
+    the width assumes frequencies in proportion to the counts)."""
+    counts = np.asarray(counts, np.float64)
+    k = (counts > 0).sum(axis=-1)
+    narrow = counts.max(axis=-1, initial=0) * (1 << MAX_PRECISION) < 256 * np.maximum(counts.sum(axis=-1), 1)
+    return 33 + k * np.where(narrow, 1, 2)
+
+
+def encode(symbols: np.ndarray, freqs: np.ndarray, precision: int, lanes: int,
+           top: np.ndarray | None = None, ctxmap: np.ndarray | None = None) -> bytes:
+    """freqs: one table (256) or, with contexts, one per context (ntables * 256); symbol i
+    then uses table ctxmap[top[i]]."""
     n = symbols.size
     dst = bytearray(2 * n + 4 * lanes + 4)
-    start = _entropy.rans_encode(symbols, freqs, precision, lanes, dst)
+    if top is None:
+        start = _entropy.rans_encode(symbols, freqs, precision, lanes, dst)
+    else:
+        start = _entropy.rans_encode(symbols, freqs, precision, lanes, dst, top, ctxmap)
     return bytes(memoryview(dst)[start:])
 
 
@@ -95,7 +114,14 @@ def decode(stream: memoryview, freqs: np.ndarray, precision: int, lanes: int, n:
     return out
 
 
-def decode_into(stream: memoryview, freqs: np.ndarray, precision: int, lanes: int, out: np.ndarray) -> None:
-    consumed = _entropy.rans_decode(stream, freqs, precision, lanes, out)
+def decode_into(stream: memoryview, freqs: np.ndarray, precision: int, lanes: int, out: np.ndarray,
+                top: np.ndarray | None = None, ctxmap: np.ndarray | None = None,
+                other: np.ndarray | None = None, sym_high: bool = True, rotate: bool = False) -> None:
+    """Decode into out (n bytes), or, with `other`, into 16-bit elements (out is 2n bytes)
+    joining each symbol with other[i]: see _entropy.rans_decode."""
+    if other is None:
+        consumed = _entropy.rans_decode(stream, freqs, precision, lanes, out, top, ctxmap)
+    else:
+        consumed = _entropy.rans_decode(stream, freqs, precision, lanes, out, top, ctxmap, other, sym_high, rotate)
     if consumed != len(stream):
         raise CorruptDataError("rANS stream is corrupt (it does not decode to its own end)")
