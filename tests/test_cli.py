@@ -94,6 +94,6 @@ def test_interrupt_leaves_no_partial_output(tmp_path, minilm_path):
     p.wait(timeout=60)
     if p.returncode == 0:  # finished before the signal: the output must then be whole
         assert "OK" in run("verify", out).stderr
-    else:
-        assert p.returncode == 130 and not out.exists()
+    else:  # 130 from nzip's handler, or -SIGINT if the signal came during start-up
+        assert p.returncode in (130, -signal.SIGINT) and not out.exists()
     assert [f for f in os.listdir(tmp_path) if f.endswith(".tmp")] == []

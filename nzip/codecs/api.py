@@ -54,7 +54,9 @@ def check_shape(dtype_name, shape) -> tuple[DType, tuple[int, ...], int]:
 
 
 def decode_raw(codec: Codec, payload, dtype: DType, count: int, threads: int, raw_hash: str | None) -> np.ndarray:
-    """Run a codec's decoder and check that it produced exactly the bytes that were encoded."""
+    """Run a codec's decoder; with raw_hash, also check that it produced exactly the bytes
+    that were encoded (verification does; plain decoding relies on the payload checksum,
+    which has already been checked, and saves a pass over the output)."""
     codec.check_dtype(dtype)
     if count * dtype.itemsize > len(payload) * codec.max_expansion + (1 << 20):
         raise CorruptDataError(f"{codec.codec_id}: a payload of {len(payload)} bytes cannot hold "
@@ -67,9 +69,11 @@ def decode_raw(codec: Codec, payload, dtype: DType, count: int, threads: int, ra
     return raw
 
 
-def decode(frame, device=None, threads: int = 0):
+def decode(frame, device=None, threads: int = 0, verify: bool = False):
     """Decode a frame from `encode`: returns the same kind (numpy/torch), dtype, shape and
-    bits. device (torch only) moves the result, e.g. device="cuda"."""
+    bits. device (torch only) moves the result, e.g. device="cuda". The frame's checksum
+    is always checked; verify=True also checks the decoded bytes against the checksum of
+    the original taken at encode time."""
     header, payload = frame_format.unpack(frame)
     dtype, shape, count = check_shape(header.get("dtype"), header.get("shape"))
     kind = header.get("kind")
@@ -79,5 +83,5 @@ def decode(frame, device=None, threads: int = 0):
     if not isinstance(config, dict):
         raise FormatError("frame header has no codec config")
     codec = get(config)
-    raw = decode_raw(codec, payload, dtype, count, threads, header.get("raw_xxh3"))
+    raw = decode_raw(codec, payload, dtype, count, threads, header.get("raw_xxh3") if verify else None)
     return from_bytes(raw, dtype, shape, kind, device=device)

@@ -113,6 +113,7 @@ class Codec:
 
 
 _registry: dict[str, type[Codec]] = {}
+_instances: dict[str, "Codec"] = {}
 _entry_points_loaded = False
 
 
@@ -123,6 +124,7 @@ def register(cls: type[Codec], replace: bool = False) -> type[Codec]:
     if cls.codec_id in _registry and _registry[cls.codec_id] is not cls and not replace:
         raise BadParameterError(f"a codec {cls.codec_id!r} is already registered")
     _registry[cls.codec_id] = cls
+    _instances.clear()
     return cls
 
 
@@ -151,9 +153,23 @@ def available() -> list[str]:
 
 
 def get(name_or_config: str | dict[str, Any] | Codec, **params: Any) -> Codec:
-    """A codec instance from a name (plus parameters), a config dict, or an instance."""
+    """A codec instance from a name (plus parameters), a config dict, or an instance.
+    Instances are immutable and cached by config: decoding many frames builds each once."""
     if isinstance(name_or_config, Codec):
         return name_or_config
+    try:
+        key = json.dumps([name_or_config, params], sort_keys=True)
+    except TypeError:
+        key = None
+    if key is not None and key in _instances:
+        return _instances[key]
+    codec = _get(name_or_config, **params)
+    if key is not None and len(_instances) < 1024:
+        _instances[key] = codec
+    return codec
+
+
+def _get(name_or_config: str | dict[str, Any], **params: Any) -> Codec:
     if isinstance(name_or_config, dict):
         config = {**name_or_config, **params}
         name = config.get("id")

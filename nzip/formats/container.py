@@ -214,15 +214,17 @@ class Container:
         start = self.data_start + e["offset"]
         return self._buf[start : start + e["size"]]
 
-    def get_raw(self, name: str, threads: int = 0) -> np.ndarray:
-        """The tensor's bytes, decoded and checked (payload checksum and decoded checksum)."""
+    def get_raw(self, name: str, threads: int = 0, verify: bool = False) -> np.ndarray:
+        """The tensor's bytes, decoded; the payload checksum is always checked, and with
+        verify=True the decoded bytes are checked against the original's checksum too."""
         e = self.entry(name)
         payload = self.payload(name)
         if f"{xxh3(payload):016x}" != e["xxh3"]:
             raise ChecksumError(f"{self.path}: tensor {name!r} is corrupted (payload checksum mismatch)")
         dtype, _, count = check_shape(e["dtype"], e["shape"])
         try:
-            return decode_raw(get_codec(e["codec"]), payload, dtype, count, threads, e.get("raw_xxh3"))
+            return decode_raw(get_codec(e["codec"]), payload, dtype, count, threads,
+                              e.get("raw_xxh3") if verify else None)
         except NzipError as exc:
             raise type(exc)(f"{self.path}: tensor {name!r}: {exc}") from None
 
@@ -248,7 +250,8 @@ class Container:
         """Check every checksum and decode every tensor; raises naming the first bad one."""
         e_data = self._buf[self.data_start : self.data_start + self.header["data_size"]]
         data_ok = f"{xxh3(e_data):016x}" == self.header.get("data_xxh3")
-        pmap(lambda n: self.get_raw(n, 1), self.keys(), resolve_threads(threads))
+        pmap(lambda n: self.get_raw(n, 1, verify=True), self.keys(), resolve_threads(threads),
+             cost=lambda n: self._entries[n]["size"])
         if not data_ok:
             raise ChecksumError(f"{self.path}: data section checksum mismatch (padding between tensors corrupted)")
 

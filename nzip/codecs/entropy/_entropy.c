@@ -189,6 +189,7 @@ typedef struct {
 typedef struct {
     const uint8_t *top;
     uint32_t offset[256];
+    uint8_t id[256]; /* table index of each top value (offset = id * table size) */
 } ctx_t;
 
 static void enc_sym_init(enc_sym *s, uint32_t start, uint32_t freq, int P) {
@@ -252,10 +253,27 @@ static inline __attribute__((always_inline)) uint16_t *enc_groups(const uint8_t 
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
-#define SIMD_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,popcnt")))
+#define SIMD_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi,popcnt")))
 
 static inline __attribute__((always_inline)) SIMD_TARGET __m512i load16_u8(const uint8_t *p) {
     return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
+}
+
+/* The context table of 16 symbols: a 256-entry byte lookup done by two 128-entry byte
+ * permutes (VBMI) instead of a gather, shifted left by `shift` (log2 of a table's size). */
+typedef struct { __m512i t0, t1, t2, t3; } ctx_lut;
+
+static inline __attribute__((always_inline)) SIMD_TARGET ctx_lut ctx_lut_load(const uint8_t *id) {
+    ctx_lut l = {_mm512_loadu_si512(id), _mm512_loadu_si512(id + 64), _mm512_loadu_si512(id + 128),
+                 _mm512_loadu_si512(id + 192)};
+    return l;
+}
+
+static inline __attribute__((always_inline)) SIMD_TARGET __m512i ctx_offsets(const ctx_lut *l, const uint8_t *top, __m128i shift) {
+    __m512i idx = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)top));
+    __m512i lo = _mm512_permutex2var_epi8(l->t0, idx, l->t1), hi = _mm512_permutex2var_epi8(l->t2, idx, l->t3);
+    __m512i ids = _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx), lo, hi);
+    return _mm512_sll_epi32(_mm512_cvtepu8_epi32(_mm512_castsi512_si128(ids)), shift);
 }
 
 /* AVX-512 encoder for 16 * nv lanes. Division by the frequency is a multiplication by a
@@ -282,12 +300,14 @@ SIMD_TARGET static uint16_t *enc_groups_avx512(const uint8_t *sym, Py_ssize_t gr
     const __m512i lo16 = _mm512_set1_epi32(0xffff), M = _mm512_set1_epi32(1 << P);
     const __m512d eps = _mm512_set1_pd(1.0 / (1 << 20));
     const int lanes = 16 * nv;
+    const ctx_lut lut = ctx_lut_load(c->id);
+    const __m128i s8 = _mm_cvtsi32_si128(8);
     for (Py_ssize_t i = groups_end; i > 0;) {
         i -= lanes;
         for (int v = nv - 1; v >= 0; v--) {
             Py_ssize_t o = i + 16 * v;
             __m512i s = load16_u8(sym + o);
-            if (c->top) s = _mm512_add_epi32(s, _mm512_i32gather_epi32(load16_u8(c->top + o), c->offset, 4));
+            if (c->top) s = _mm512_add_epi32(s, ctx_offsets(&lut, c->top + o, s8));
             __m512i f = _mm512_i32gather_epi32(s, fs, 4);
             __m512i fr = _mm512_and_si512(f, lo16), st = _mm512_srli_epi32(f, 16);
             __m512i xmax = _mm512_sll_epi32(fr, _mm_cvtsi32_si128(31 - P));
@@ -318,7 +338,8 @@ static int use_simd(void) {
         const char *off = getenv("NZIP_NO_SIMD");
         __builtin_cpu_init();
         simd_enabled = !(off && *off && *off != '0') && __builtin_cpu_supports("avx512f") &&
-                       __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+                       __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+                       __builtin_cpu_supports("avx512vbmi");
     }
     return simd_enabled;
 }
@@ -333,12 +354,14 @@ static int use_simd(void) { return 0; }
 /* Parse the optional context arguments: top (n bytes) and ctxmap (256 table indices). */
 static int get_ctx(ctx_t *c, Py_buffer *top, Py_buffer *map, Py_ssize_t n, int ntables, uint32_t unit) {
     c->top = NULL;
+    memset(c->id, 0, sizeof c->id);
     if (!top->buf) return ntables == 1;
     if (top->len != n || map->len != 256) return 0;
     const uint8_t *m = map->buf;
     for (int v = 0; v < 256; v++) {
         if (m[v] >= ntables) return 0;
         c->offset[v] = m[v] * unit;
+        c->id[v] = m[v];
     }
     c->top = top->buf;
     return 1;
@@ -478,12 +501,13 @@ SIMD_TARGET static Py_ssize_t dec_avx512(const uint32_t *tab, const ctx_t *c, in
                   one = _mm512_set1_epi32(1), L = _mm512_set1_epi32(RANS_L), ff = _mm512_set1_epi32(0xff),
                   lo16 = _mm512_set1_epi32(0xffff);
     const __m128i sP = _mm_cvtsi32_si128(P);
+    const ctx_lut lut = ctx_lut_load(c->id);
     Py_ssize_t i = 0;
     for (; i + lanes <= n && wend - w >= lanes; i += lanes) {
         for (int v = 0; v < nv; v++) {
             Py_ssize_t o = i + 16 * v;
             __m512i slot = _mm512_and_si512(X[v], mask);
-            if (c->top) slot = _mm512_add_epi32(slot, _mm512_i32gather_epi32(load16_u8(c->top + o), c->offset, 4));
+            if (c->top) slot = _mm512_add_epi32(slot, ctx_offsets(&lut, c->top + o, sP));
             __m512i e = _mm512_i32gather_epi32(slot, tab, 4);
             __m512i f = _mm512_add_epi32(_mm512_and_si512(_mm512_srli_epi32(e, 8), m12), one);
             __m512i y = _mm512_add_epi32(_mm512_mullo_epi32(f, _mm512_srl_epi32(X[v], sP)), _mm512_srli_epi32(e, 20));

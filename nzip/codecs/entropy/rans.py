@@ -19,9 +19,9 @@ MAX_LANES = 64
 def auto_lanes(n: int) -> int:
     """Interleaved states for a stream of n symbols: many lanes feed the AVX-512 loops (16
     states per vector), but each costs 4 bytes of final state, which small streams feel."""
-    if n >= 1 << 18:
+    if n >= 1 << 16:
         return 64
-    if n >= 1 << 15:
+    if n >= 1 << 14:
         return 32
     if n >= 1 << 12:
         return 16
