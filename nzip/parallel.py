@@ -54,3 +54,23 @@ def pmap(fn: Callable[[T], R], items: Iterable[T], threads: int,
     for f in futures:
         f.result()
     return out
+
+
+def pmap_balanced(fn: Callable[[T, int], R], items: Iterable[T], threads: int,
+                  cost: Callable[[T], float]) -> list[R]:
+    """map over items of very different sizes: fn(item, inner_threads). An item costing
+    more than a thread's fair share (a huge embedding among small layers) runs alone with
+    every thread inside it; the others run side by side, one thread each."""
+    items = list(items)
+    if threads <= 1 or len(items) <= 1:
+        return [fn(x, threads) for x in items]
+    costs = [cost(x) for x in items]
+    share = sum(costs) / threads
+    out: list = [None] * len(items)
+    big = [i for i, c in enumerate(costs) if c > share]
+    for i in big:
+        out[i] = fn(items[i], threads)
+    small = [i for i in range(len(items)) if costs[i] <= share]
+    for i, r in zip(small, pmap(lambda i: fn(items[i], 1), small, threads, cost=lambda i: costs[i])):
+        out[i] = r
+    return out

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from nzip import codecs  # noqa: E402
 from nzip.dtypes import to_bytes  # noqa: E402
-from nzip.parallel import pmap  # noqa: E402
+from nzip.parallel import pmap_balanced  # noqa: E402
 
 
 def minilm_state_dict() -> dict[str, torch.Tensor]:
@@ -88,11 +88,10 @@ def best_time(fn, reps: int) -> tuple[float, object]:
 def bench_nzip(sd, codec, threads, reps):
     tensors = list(sd.values())
     nbytes = sum(t.numel() * t.element_size() for t in tensors)
-    big_first = lambda t: t.numel()  # noqa: E731
-    enc_t, frames = best_time(lambda: pmap(lambda t: codecs.encode(t, nzip_codec_for(codec, t), threads=threads), tensors, threads,
-                                           cost=big_first), reps)
-    dec_t, back = best_time(lambda: pmap(lambda f: codecs.decode(f, threads=threads), frames, threads,
-                                         cost=len), reps)
+    enc_t, frames = best_time(lambda: pmap_balanced(lambda t, th: codecs.encode(t, nzip_codec_for(codec, t), threads=th),
+                                                    tensors, threads, cost=lambda t: t.numel()), reps)
+    dec_t, back = best_time(lambda: pmap_balanced(lambda f, th: codecs.decode(f, threads=th), frames, threads,
+                                                  cost=len), reps)
     assert all(torch.equal(a.view(torch.uint8) if a.dim() else a.reshape(1).view(torch.uint8),
                            b.view(torch.uint8) if b.dim() else b.reshape(1).view(torch.uint8))
                for a, b in zip(tensors, back)), f"{codec}: round trip failed"

@@ -34,6 +34,7 @@ from .entropy import _entropy, rans
 from .payload import Reader
 from .planes import PLANE_DTYPES, join, split, word_size
 from .registry import Codec, register
+from .scratch import scratch
 
 RAW, RANS, RANS_CTX = 0, 1, 2
 MAX_CONTEXTS = 63
@@ -86,14 +87,15 @@ class Ans(Codec):
     def _spans(self, n: int) -> list[tuple[int, int]]:
         return [(a, min(a + self.chunk, n)) for a in range(0, n, self.chunk)]
 
-    def _streams(self, plane, freqs, lanes, threads, top=None, ctxmap=None) -> bytes:
+    def _streams(self, plane, freqs, lanes, threads, top=None, ctxmap=None) -> list:
+        """[chunk sizes, stream, stream, ...]: parts, concatenated once by the caller."""
         streams = pmap(lambda s: rans.encode(plane[s[0] : s[1]], freqs, self.precision, lanes,
                                              None if top is None else top[s[0] : s[1]], ctxmap),
                        self._spans(plane.size), threads)
-        return np.array([len(s) for s in streams], "<u8").tobytes() + b"".join(streams)
+        return [np.array([len(s) for s in streams], "<u8").tobytes(), *streams]
 
     def _encode_plane(self, plane: np.ndarray, threads: int, counts: np.ndarray | None = None,
-                      top: np.ndarray | None = None, joint: np.ndarray | None = None) -> bytes:
+                      top: np.ndarray | None = None, joint: np.ndarray | None = None) -> list:
         """Code one plane by the cheapest method; with `top` and its joint histogram
         (top x plane), context coding is considered too."""
         n = plane.size
@@ -112,22 +114,23 @@ class Ans(Codec):
                              [rans.quantize(joint[v], self.precision) for v in contexts])
             ctxmap = np.zeros(256, np.uint8)
             ctxmap[contexts] = np.arange(1, len(contexts) + 1)
-            section = b"".join([bytes([lanes, len(contexts)]), bytes(contexts),
-                                *(rans.pack_table(f) for f in freqs),
-                                self._streams(plane, freqs.reshape(-1), lanes, threads, top, ctxmap)])
-            if len(section) < n:
-                return struct.pack("<BQ", RANS_CTX, len(section)) + section
+            section = [bytes([lanes, len(contexts)]), bytes(contexts), *(rans.pack_table(f) for f in freqs),
+                       *self._streams(plane, freqs.reshape(-1), lanes, threads, top, ctxmap)]
+            size = sum(len(p) for p in section)
+            if size < n:
+                return [struct.pack("<BQ", RANS_CTX, size), *section]
         if plain < n:
             freqs = rans.quantize(counts, self.precision)
-            section = bytes([lanes]) + rans.pack_table(freqs) + self._streams(plane, freqs, lanes, threads)
-            if len(section) < n:
-                return struct.pack("<BQ", RANS, len(section)) + section
-        return struct.pack("<BQ", RAW, n) + plane.tobytes()
+            section = [bytes([lanes]), rans.pack_table(freqs), *self._streams(plane, freqs, lanes, threads)]
+            size = sum(len(p) for p in section)
+            if size < n:
+                return [struct.pack("<BQ", RANS, size), *section]
+        return [struct.pack("<BQ", RAW, n), plane.tobytes()]
 
     def encode_payload(self, data, dtype, threads):
         word = word_size(dtype)
         n = data.size // word
-        planes = split(data, dtype)
+        planes = split(data, dtype, scratch(data.size))
         if word == 2 and self.contexts and n >= CONTEXT_MIN:
             # one pass gives both planes' histograms and their joint, for context coding
             top, low = planes[:n], planes[n:]
@@ -136,7 +139,7 @@ class Ans(Codec):
             joint = joint.reshape(256, 256)
             return (self._encode_plane(top, threads, joint.sum(axis=1))
                     + self._encode_plane(low, threads, joint.sum(axis=0), top, joint))
-        return b"".join(self._encode_plane(planes[k * n : (k + 1) * n], threads) for k in range(word))
+        return [part for k in range(word) for part in self._encode_plane(planes[k * n : (k + 1) * n], threads)]
 
     # -- decoding -----------------------------------------------------------------------
     def _read_section(self, method: int, body: memoryview, n: int) -> dict:
@@ -199,19 +202,20 @@ class Ans(Codec):
                 raise CorruptDataError("ans: context coding is only defined for the low plane of 16-bit types")
             sections.append(self._read_section(method, r.take(r.u64()), n))
         r.done()
-        planes = np.empty(n * word, np.uint8)
         rotate = dtype.is_float
         if word == 2 and sections[1]["method"] == RANS_CTX:
             # exponent plane first; the low plane's contexts need it, and it joins the output
-            top, out = planes[:n], np.empty(2 * n, np.uint8)
+            top, out = scratch(n), np.empty(2 * n, np.uint8)
             self._decode_plane(sections[0], top, threads)
             self._decode_plane(sections[1], out, threads, top=top, other=top, sym_high=False, rotate=rotate)
             return out
         if word == 2 and sections[0]["method"] != RAW:
-            low, out = planes[n:], np.empty(2 * n, np.uint8)
+            low, out = scratch(n), np.empty(2 * n, np.uint8)
             self._decode_plane(sections[1], low, threads)
             self._decode_plane(sections[0], out, threads, other=low, sym_high=True, rotate=rotate)
             return out
+        # the planes are a temporary, except for one-byte types where they are the output
+        planes = scratch(n * word) if word > 1 else np.empty(n, np.uint8)
         for k in range(word):
             self._decode_plane(sections[k], planes[k * n : (k + 1) * n], threads)
         return join(planes, dtype)

@@ -34,17 +34,18 @@ def word_size(dtype) -> int:
     return dtype.itemsize // 2 if dtype.kind == "c" else dtype.itemsize
 
 
-def split(data: np.ndarray, dtype) -> np.ndarray:
+def split(data: np.ndarray, dtype, out: np.ndarray | None = None) -> np.ndarray:
     """Planes of `data`, plane-major: plane k is out[k*n:(k+1)*n], n = number of words."""
     word = word_size(dtype)
     if word == 1:
         return data
-    out = np.empty_like(data)
+    out = np.empty_like(data) if out is None else out
     _entropy.planes_split(data, out, word, dtype.is_float)
     return out
 
 
 def join(planes: np.ndarray, dtype) -> np.ndarray:
+    """Inverse of split, into a new array (for one-byte types: planes itself)."""
     word = word_size(dtype)
     if word == 1:
         return planes

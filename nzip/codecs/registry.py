@@ -102,8 +102,9 @@ class Codec:
                 f"it takes {', '.join(sorted(self.dtypes))}"
             )
 
-    def encode_payload(self, data: np.ndarray, dtype: DType, threads: int) -> bytes:
-        """data: flat uint8 array of n * dtype.itemsize bytes. Returns the payload."""
+    def encode_payload(self, data: np.ndarray, dtype: DType, threads: int) -> "bytes | list":
+        """data: flat uint8 array of n * dtype.itemsize bytes. Returns the payload: bytes,
+        or a list of bytes-like parts to be concatenated (saves copying large payloads)."""
         raise NotImplementedError
 
     def decode_payload(self, payload: memoryview, dtype: DType, count: int, threads: int) -> np.ndarray:

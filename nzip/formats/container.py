@@ -40,7 +40,7 @@ from ..codecs.api import check_shape, decode_raw
 from ..codecs.registry import Codec, resolve_threads
 from ..dtypes import DType, from_bytes
 from ..errors import ChecksumError, FormatError, NzipError, TruncatedError, VersionError
-from ..parallel import pmap
+from ..parallel import pmap_balanced
 from .atomic import atomic_write
 from .checksum import hasher, xxh3
 
@@ -84,20 +84,24 @@ def write(path: str | os.PathLike, items: Iterable[Item], metadata: dict | None 
 
         def flush(batch: list[Item]) -> None:
             nonlocal offset
-            payloads = pmap(lambda it: it.codec.encode_payload(it.raw, it.dtype, threads), batch, threads,
-                            cost=lambda it: it.raw.size)
+            payloads = pmap_balanced(lambda it, th: it.codec.encode_payload(it.raw, it.dtype, th), batch, threads,
+                                     cost=lambda it: it.raw.size)
             for it, payload in zip(batch, payloads):
+                parts = payload if isinstance(payload, list) else [payload]
+                size = sum(memoryview(p).nbytes for p in parts)
+                part_hash = hasher()
+                for part in parts:
+                    part_hash.update(part)
                 entries.append({
                     "name": it.name, "dtype": it.dtype.name, "shape": list(it.shape),
-                    "codec": it.codec.get_config(), "offset": offset, "size": len(payload),
-                    "xxh3": f"{xxh3(payload):016x}", "raw_xxh3": f"{xxh3(it.raw):016x}",
+                    "codec": it.codec.get_config(), "offset": offset, "size": size,
+                    "xxh3": f"{part_hash.intdigest():016x}", "raw_xxh3": f"{xxh3(it.raw):016x}",
                     **(it.extra or {}),
                 })
-                pad = b"\0" * _pad(len(payload))
-                for chunk in (payload, pad):
+                for chunk in (*parts, b"\0" * _pad(size)):
                     data.write(chunk)
                     data_hash.update(chunk)
-                offset += len(payload) + len(pad)
+                offset += size + _pad(size)
                 if progress:
                     progress(it.raw.size)
 
@@ -242,16 +246,16 @@ class Container:
                 threads: int = 0) -> dict:
         """Decode many tensors in parallel (threads=0: every core)."""
         names = list(self._entries if keys is None else keys)
-        values = pmap(lambda n: self.get_tensor(n, device, framework, 1), names, resolve_threads(threads),
-                      cost=lambda n: self._entries[n]["size"])
+        values = pmap_balanced(lambda n, th: self.get_tensor(n, device, framework, th), names,
+                               resolve_threads(threads), cost=lambda n: self._entries[n]["size"])
         return dict(zip(names, values))
 
     def verify(self, threads: int = 0) -> None:
         """Check every checksum and decode every tensor; raises naming the first bad one."""
         e_data = self._buf[self.data_start : self.data_start + self.header["data_size"]]
         data_ok = f"{xxh3(e_data):016x}" == self.header.get("data_xxh3")
-        pmap(lambda n: self.get_raw(n, 1, verify=True), self.keys(), resolve_threads(threads),
-             cost=lambda n: self._entries[n]["size"])
+        pmap_balanced(lambda n, th: self.get_raw(n, th, verify=True), self.keys(), resolve_threads(threads),
+                      cost=lambda n: self._entries[n]["size"])
         if not data_ok:
             raise ChecksumError(f"{self.path}: data section checksum mismatch (padding between tensors corrupted)")
 

@@ -19,7 +19,7 @@ import json
 import struct
 
 from ..errors import ChecksumError, FormatError, TruncatedError, VersionError
-from .checksum import xxh3
+from .checksum import hasher, xxh3
 
 MAGIC = b"\x89NZF\r\n\x1a\n"
 VERSION = 1
@@ -28,9 +28,15 @@ MAX_HEADER = 1 << 20
 
 
 def pack(header: dict, payload) -> bytes:
-    h = json.dumps({**header, "payload_size": len(payload)}, separators=(",", ":")).encode()
-    body = b"".join([_FIXED.pack(MAGIC, VERSION, 0, len(h)), h, payload])
-    return body + struct.pack("<Q", xxh3(body))
+    """payload: bytes-like, or a list of bytes-like parts (joined here, copied once)."""
+    parts = payload if isinstance(payload, list) else [payload]
+    size = sum(memoryview(p).nbytes for p in parts)
+    h = json.dumps({**header, "payload_size": size}, separators=(",", ":")).encode()
+    parts = [_FIXED.pack(MAGIC, VERSION, 0, len(h)), h, *parts]
+    digest = hasher()
+    for part in parts:
+        digest.update(part)
+    return b"".join([*parts, struct.pack("<Q", digest.intdigest())])
 
 
 def unpack(frame) -> tuple[dict, memoryview]:

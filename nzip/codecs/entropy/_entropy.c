@@ -176,7 +176,7 @@ static PyObject *histogram(PyObject *self, PyObject *args) {
  */
 
 #define RANS_L (1u << 15)
-#define MAX_LANES 64
+#define MAX_LANES 128
 #define MAX_P 12
 #define MAX_TABLES 64
 
@@ -276,58 +276,53 @@ static inline __attribute__((always_inline)) SIMD_TARGET __m512i ctx_offsets(con
     return _mm512_sll_epi32(_mm512_cvtepu8_epi32(_mm512_castsi512_si128(ids)), shift);
 }
 
-/* AVX-512 encoder for 16 * nv lanes. Division by the frequency is a multiplication by a
- * double reciprocal: x < 2^31 and freq <= 2^12 keep floor(x * (1/f) + 2^-20) exact. Words
- * of the lanes that renormalise are compressed and stored below the stream in lane order,
- * exactly where the scalar encoder puts them. */
+/* AVX-512 encoder for 16 * nv lanes, the same arithmetic as enc_put: the quotient by the
+ * frequency is mulhi(x, rcp_freq) >> rcp_shift. Two gathers per 16 symbols: a packed
+ * freq | rcp_shift << 13 | bias << 17, and rcp_freq. Words of the lanes that renormalise
+ * are compressed and stored below the stream in lane order, exactly where the scalar
+ * encoder puts them. */
 SIMD_TARGET static uint16_t *enc_groups_avx512(const uint8_t *sym, Py_ssize_t groups_end,
-                                                const uint32_t *freq, int ntables, const ctx_t *c,
+                                                const enc_sym *tab, int ntables, const ctx_t *c,
                                                 int P, uint16_t *w, uint32_t *x, int nv) {
-    uint32_t *fs = malloc(sizeof(uint32_t) * 256 * ntables);
-    double *rcp = malloc(sizeof(double) * 256 * ntables);
-    if (!fs || !rcp) { free(fs); free(rcp); return NULL; }
-    for (int t = 0; t < ntables; t++) {
-        uint32_t start = 0;
-        for (int s = 0; s < 256; s++) {
-            uint32_t f = freq[256 * t + s];
-            fs[256 * t + s] = f | (start << 16);
-            rcp[256 * t + s] = f ? 1.0 / f : 0.0;
-            start += f;
-        }
+    uint32_t *packed = malloc(sizeof(uint32_t) * 512 * ntables);
+    if (!packed) return NULL;
+    uint32_t *rcp = packed + 256 * ntables;
+    for (int i = 0; i < 256 * ntables; i++) {
+        uint32_t freq = (1u << P) - tab[i].cmpl_freq;
+        packed[i] = freq | ((uint32_t)tab[i].rcp_shift << 13) | (tab[i].bias << 17);
+        rcp[i] = tab[i].rcp_freq;
     }
-    __m512i X[4];
+    __m512i X[8];
     for (int v = 0; v < nv; v++) X[v] = _mm512_loadu_si512(x + 16 * v);
-    const __m512i lo16 = _mm512_set1_epi32(0xffff), M = _mm512_set1_epi32(1 << P);
-    const __m512d eps = _mm512_set1_pd(1.0 / (1 << 20));
+    const __m512i m13 = _mm512_set1_epi32(0x1fff), m4 = _mm512_set1_epi32(0xf), M = _mm512_set1_epi32(1 << P);
+    const __m128i sx = _mm_cvtsi32_si128(31 - P), s8 = _mm_cvtsi32_si128(8);
     const int lanes = 16 * nv;
     const ctx_lut lut = ctx_lut_load(c->id);
-    const __m128i s8 = _mm_cvtsi32_si128(8);
     for (Py_ssize_t i = groups_end; i > 0;) {
         i -= lanes;
         for (int v = nv - 1; v >= 0; v--) {
             Py_ssize_t o = i + 16 * v;
             __m512i s = load16_u8(sym + o);
             if (c->top) s = _mm512_add_epi32(s, ctx_offsets(&lut, c->top + o, s8));
-            __m512i f = _mm512_i32gather_epi32(s, fs, 4);
-            __m512i fr = _mm512_and_si512(f, lo16), st = _mm512_srli_epi32(f, 16);
-            __m512i xmax = _mm512_sll_epi32(fr, _mm_cvtsi32_si128(31 - P));
-            __mmask16 k = _mm512_cmpge_epu32_mask(X[v], xmax);
+            __m512i f = _mm512_i32gather_epi32(s, packed, 4);
+            __m512i r = _mm512_i32gather_epi32(s, rcp, 4);
+            __m512i fr = _mm512_and_si512(f, m13);
+            __mmask16 k = _mm512_cmpge_epu32_mask(X[v], _mm512_sll_epi32(fr, sx));
             int cnt = __builtin_popcount(k);
             w -= cnt;
-            __m256i words = _mm512_cvtepi32_epi16(_mm512_maskz_compress_epi32(k, X[v]));
-            _mm256_mask_storeu_epi16(w, (__mmask16)((1u << cnt) - 1), words);
-            X[v] = _mm512_mask_srli_epi32(X[v], k, X[v], 16);
-            __m512d r0 = _mm512_i32gather_pd(_mm512_castsi512_si256(s), rcp, 8);
-            __m512d r1 = _mm512_i32gather_pd(_mm512_extracti64x4_epi64(s, 1), rcp, 8);
-            __m256i q0 = _mm512_cvttpd_epu32(_mm512_fmadd_pd(_mm512_cvtepu32_pd(_mm512_castsi512_si256(X[v])), r0, eps));
-            __m256i q1 = _mm512_cvttpd_epu32(_mm512_fmadd_pd(_mm512_cvtepu32_pd(_mm512_extracti64x4_epi64(X[v], 1)), r1, eps));
-            __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1);
-            X[v] = _mm512_add_epi32(_mm512_add_epi32(X[v], st), _mm512_mullo_epi32(q, _mm512_sub_epi32(M, fr)));
+            _mm256_mask_storeu_epi16(w, (__mmask16)((1u << cnt) - 1),
+                                     _mm512_cvtepi32_epi16(_mm512_maskz_compress_epi32(k, X[v])));
+            __m512i y = _mm512_mask_srli_epi32(X[v], k, X[v], 16);
+            __m512i even = _mm512_srli_epi64(_mm512_mul_epu32(y, r), 32);
+            __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(y, 32), _mm512_srli_epi64(r, 32));
+            __m512i q = _mm512_srlv_epi32(_mm512_mask_blend_epi32(0xAAAA, even, odd),
+                                          _mm512_and_si512(_mm512_srli_epi32(f, 13), m4));
+            X[v] = _mm512_add_epi32(_mm512_add_epi32(y, _mm512_srli_epi32(f, 17)),
+                                    _mm512_mullo_epi32(q, _mm512_sub_epi32(M, fr)));
         }
     }
     for (int v = 0; v < nv; v++) _mm512_storeu_si512(x + 16 * v, X[v]);
-    free(fs);
-    free(rcp);
+    free(packed);
     return w;
 }
 
@@ -349,7 +344,7 @@ static int use_simd(void) { return 0; }
 #define HAVE_SIMD 0
 #endif
 
-#define SIMD_LANES(l) ((l) == 16 || (l) == 32 || (l) == 48 || (l) == 64)
+#define SIMD_LANES(l) ((l) % 16 == 0 && (l) <= 128)
 
 /* Parse the optional context arguments: top (n bytes) and ctxmap (256 table indices). */
 static int get_ctx(ctx_t *c, Py_buffer *top, Py_buffer *map, Py_ssize_t n, int ntables, uint32_t unit) {
@@ -409,7 +404,7 @@ static PyObject *rans_encode(PyObject *self, PyObject *args) {
         Py_ssize_t groups_end = n - n % lanes;
         uint16_t *ws = NULL;
 #if HAVE_SIMD
-        if (SIMD_LANES(lanes) && use_simd()) ws = enc_groups_avx512(sym, groups_end, freq, ntables, &c, P, w, x, lanes / 16);
+        if (SIMD_LANES(lanes) && use_simd()) ws = enc_groups_avx512(sym, groups_end, tab, ntables, &c, P, w, x, lanes / 16);
 #endif
         if (ws) w = ws;
         else switch (lanes) {
@@ -495,7 +490,7 @@ SIMD_TARGET static Py_ssize_t dec_avx512(const uint32_t *tab, const ctx_t *c, in
                                          const dec_sink *k, int nv, int fused) {
     const int lanes = 16 * nv;
     const uint16_t *w = *wp;
-    __m512i X[4];
+    __m512i X[8];
     for (int v = 0; v < nv; v++) X[v] = _mm512_loadu_si512(x + 16 * v);
     const __m512i mask = _mm512_set1_epi32((1 << P) - 1), m12 = _mm512_set1_epi32(0xfff),
                   one = _mm512_set1_epi32(1), L = _mm512_set1_epi32(RANS_L), ff = _mm512_set1_epi32(0xff),
@@ -612,7 +607,8 @@ static PyObject *rans_decode(PyObject *self, PyObject *args) {
     return PyLong_FromSsize_t(consumed);
 }
 
-/* joint_histogram(a u8[n], b u8[n], counts u64[65536]): counts[a << 8 | b] += 1 */
+/* joint_histogram(a u8[n], b u8[n], counts u64[65536]): counts[a << 8 | b] += 1.
+ * 32-bit counters (half the cache footprint), flushed before they could overflow. */
 static PyObject *joint_histogram(PyObject *self, PyObject *args) {
     Py_buffer b[3];
     if (!PyArg_ParseTuple(args, "y*y*w*", &b[0], &b[1], &b[2])) return NULL;
@@ -624,10 +620,19 @@ static PyObject *joint_histogram(PyObject *self, PyObject *args) {
     const uint8_t *x = b[0].buf, *y = b[1].buf;
     uint64_t *counts = b[2].buf;
     Py_ssize_t n = b[0].len;
+    int bad = 0;
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < n; i++) counts[(x[i] << 8) | y[i]]++;
+    uint32_t *h = calloc(65536, sizeof(uint32_t));
+    bad = h == NULL;
+    for (Py_ssize_t i = 0; !bad && i < n;) {
+        Py_ssize_t stop = n - i > ((Py_ssize_t)1 << 31) ? i + ((Py_ssize_t)1 << 31) : n;
+        for (; i < stop; i++) h[(x[i] << 8) | y[i]]++;
+        for (int k = 0; k < 65536; k++) { counts[k] += h[k]; h[k] = 0; }
+    }
+    free(h);
     Py_END_ALLOW_THREADS
     release(b, 3);
+    if (bad) return PyErr_NoMemory();
     Py_RETURN_NONE;
 }
 

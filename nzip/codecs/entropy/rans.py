@@ -13,7 +13,7 @@ from ...errors import CorruptDataError
 from . import _entropy
 
 MIN_PRECISION, MAX_PRECISION = 8, 12
-MAX_LANES = 64
+MAX_LANES = 128
 
 
 def auto_lanes(n: int) -> int:
@@ -96,16 +96,18 @@ def table_bytes(counts: np.ndarray):
 
 
 def encode(symbols: np.ndarray, freqs: np.ndarray, precision: int, lanes: int,
-           top: np.ndarray | None = None, ctxmap: np.ndarray | None = None) -> bytes:
+           top: np.ndarray | None = None, ctxmap: np.ndarray | None = None) -> "bytes | memoryview":
     """freqs: one table (256) or, with contexts, one per context (ntables * 256); symbol i
-    then uses table ctxmap[top[i]]."""
+    then uses table ctxmap[top[i]]. Returns the stream (bytes-like)."""
     n = symbols.size
-    dst = bytearray(2 * n + 4 * lanes + 4)
+    dst = np.empty(2 * n + 4 * lanes + 4, np.uint8)  # the stream is written backwards into its end
     if top is None:
         start = _entropy.rans_encode(symbols, freqs, precision, lanes, dst)
     else:
         start = _entropy.rans_encode(symbols, freqs, precision, lanes, dst, top, ctxmap)
-    return bytes(memoryview(dst)[start:])
+    stream = dst[start:]
+    # keep a view while it is most of the buffer; copy out small streams to free the rest
+    return memoryview(stream) if stream.size * 2 > dst.size else stream.tobytes()
 
 
 def decode(stream: memoryview, freqs: np.ndarray, precision: int, lanes: int, n: int) -> np.ndarray:
