@@ -32,7 +32,7 @@ PAD = 8
 class DFloat11(Codec):
     codec_id = "dfloat11"
     max_expansion = 2
-    params = {"code_length_limit": 16, "block": 2048}
+    params = {"code_length_limit": 12, "block": 2048}
     dtypes = frozenset({"bfloat16"})
 
     def validate(self):
@@ -77,7 +77,7 @@ class DFloat11(Codec):
         if count == 0:
             return out
         huffman.check_lengths(lengths, self.code_length_limit)
-        lut, max_len = huffman.decode_table(lengths, huffman.canonical_codes(lengths))
+        lut, max_len = huffman.decode_table(lengths)
         # blocks are split evenly between threads; each range is checked inside the C loop
         per = -(-nblocks // max(1, threads))
         ranges = [(a, min(a + per, nblocks)) for a in range(0, nblocks, per)]

@@ -721,16 +721,17 @@ static PyObject *huff_encode(PyObject *self, PyObject *args) {
 /* huff_decode_bf16(stream, lut u16[2^maxlen], maxlen, offsets u64, nbits, block, sm u8,
  * dst (bf16 bytes), first_block, last_block) -> 0, or -1 if the stream is corrupt.
  * lut[prefix] = length << 8 | symbol (length 0: no code has this prefix). The stream must
- * be followed by 8 readable bytes (the format pads it). Four blocks decode in lockstep so
+ * be followed by 8 readable bytes (the format pads it). Eight blocks decode in lockstep so
  * that their dependency chains overlap. */
-#define HUFF_STEP(pos, outp, k)                                                       \
-    do {                                                                              \
-        uint16_t e = lut[(load_be64(stream + ((pos) >> 3)) << ((pos) & 7)) >> shift]; \
-        uint8_t s_ = sm[(outp) + (k)];                                                \
-        uint16_t v_ = (uint16_t)(((s_ & 0x80) << 8) | ((e & 0xff) << 7) | (s_ & 0x7f)); \
-        memcpy(dst + 2 * ((outp) + (k)), &v_, 2);                                     \
-        bad |= (e >> 8) == 0;                                                         \
-        (pos) += e >> 8;                                                              \
+/* lut32[prefix] = length << 16 | exponent << 7 and smv[byte] = the sign and mantissa
+ * bits in place, so an element is one OR. */
+#define HUFF_STEP(pos, outp, k)                                                        \
+    do {                                                                               \
+        uint32_t e = lut32[(load_be64(stream + ((pos) >> 3)) << ((pos) & 7)) >> shift]; \
+        uint16_t v_ = (uint16_t)(smv[sm[(outp) + (k)]] | e);                           \
+        memcpy(dst + 2 * ((outp) + (k)), &v_, 2);                                      \
+        bad |= e < 0x10000;                                                            \
+        (pos) += e >> 16;                                                              \
     } while (0)
 
 static PyObject *huff_decode_bf16(PyObject *self, PyObject *args) {
@@ -758,6 +759,11 @@ static PyObject *huff_decode_bf16(PyObject *self, PyObject *args) {
     const int shift = 64 - maxlen;
     int bad = 0;
     Py_BEGIN_ALLOW_THREADS
+    uint32_t *lut32 = malloc(sizeof(uint32_t) << maxlen);
+    uint16_t smv[256];
+    for (int v = 0; v < 256; v++) smv[v] = (uint16_t)(((v & 0x80) << 8) | (v & 0x7f));
+    bad = lut32 == NULL;
+    for (uint32_t i = 0; !bad && i < (1u << maxlen); i++) lut32[i] = ((uint32_t)(lut[i] >> 8) << 16) | ((lut[i] & 0xff) << 7);
     /* a block may only end where the next begins (or at nbits); offsets are checked first so
      * that no read leaves the stream even on corrupt input: a block of `block` symbols
      * reads at most block * maxlen bits past its start. */
@@ -766,16 +772,19 @@ static PyObject *huff_decode_bf16(PyObject *self, PyObject *args) {
         if (offsets[k] > end || end > nbits) bad = 1;
     }
     Py_ssize_t k = first;
-    for (; k + 4 <= last && !bad; k += 4) {
-        Py_ssize_t o0 = k * block, o1 = o0 + block, o2 = o1 + block, o3 = o2 + block;
-        Py_ssize_t cnt = o3 + block <= n ? block : 0; /* lockstep only for full blocks */
-        if (!cnt || offsets[k + 3] + (uint64_t)block * maxlen > nbits) break;
-        uint64_t p0 = offsets[k], p1 = offsets[k + 1], p2 = offsets[k + 2], p3 = offsets[k + 3];
-        for (Py_ssize_t i = 0; i < cnt; i++) {
-            HUFF_STEP(p0, o0, i); HUFF_STEP(p1, o1, i); HUFF_STEP(p2, o2, i); HUFF_STEP(p3, o3, i);
+    for (; k + 8 <= last && !bad; k += 8) {
+        Py_ssize_t o0 = k * block;
+        /* lockstep only for full blocks whose reads surely stay inside the stream */
+        if (o0 + 8 * block > n || offsets[k + 7] + (uint64_t)block * maxlen > nbits) break;
+        uint64_t p[8];
+        for (int j = 0; j < 8; j++) p[j] = offsets[k + j];
+        for (Py_ssize_t i = 0; i < block; i++) {
+            HUFF_STEP(p[0], o0, i); HUFF_STEP(p[1], o0 + block, i);
+            HUFF_STEP(p[2], o0 + 2 * block, i); HUFF_STEP(p[3], o0 + 3 * block, i);
+            HUFF_STEP(p[4], o0 + 4 * block, i); HUFF_STEP(p[5], o0 + 5 * block, i);
+            HUFF_STEP(p[6], o0 + 6 * block, i); HUFF_STEP(p[7], o0 + 7 * block, i);
         }
-        uint64_t e3 = k + 4 < nblocks ? offsets[k + 4] : nbits;
-        bad |= p0 != offsets[k + 1] || p1 != offsets[k + 2] || p2 != offsets[k + 3] || p3 != e3;
+        for (int j = 0; j < 8; j++) bad |= p[j] != (k + j + 1 < nblocks ? offsets[k + j + 1] : nbits);
     }
     for (; k < last && !bad; k++) {
         Py_ssize_t o = k * block, cnt = o + block <= n ? block : n - o;
@@ -786,6 +795,7 @@ static PyObject *huff_decode_bf16(PyObject *self, PyObject *args) {
         }
         bad |= p != end;
     }
+    free(lut32);
     Py_END_ALLOW_THREADS
     release(b, 5);
     return PyLong_FromLong(bad ? -1 : 0);

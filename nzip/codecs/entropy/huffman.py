@@ -64,16 +64,26 @@ def _limit_lengths(lengths: np.ndarray, counts: np.ndarray, limit: int, symbols:
             lengths[s] -= 1
 
 
+def _canonical_order(lengths: np.ndarray) -> np.ndarray:
+    """Present symbols sorted by (length, symbol): the order canonical codes are given in."""
+    present = np.flatnonzero(lengths)
+    return present[np.argsort(lengths[present], kind="stable")]
+
+
 def canonical_codes(lengths: np.ndarray) -> np.ndarray:
+    """Canonical code of each symbol (uint32[256]): in (length, symbol) order each code is
+    the previous one plus one, shifted left by the growth in length."""
+    order = _canonical_order(lengths)
     codes = np.zeros(256, np.uint32)
-    code = 0
-    prev = 0
-    for s in sorted(np.flatnonzero(lengths), key=lambda s: (int(lengths[s]), int(s))):
-        l = int(lengths[s])
-        code <<= l - prev
-        codes[s] = code
-        code += 1
-        prev = l
+    if order.size == 0:
+        return codes
+    lens = lengths[order].astype(np.int64)
+    max_len = int(lens[-1])
+    # every code, left-aligned to max_len bits, is the running sum of the code space
+    # taken by the codes before it; shifting back gives the code itself
+    space = np.int64(1) << (max_len - lens)
+    starts = np.concatenate([[0], np.cumsum(space)[:-1]])
+    codes[order] = (starts >> (max_len - lens)).astype(np.uint32)
     return codes
 
 
@@ -86,12 +96,15 @@ def check_lengths(lengths: np.ndarray, limit: int) -> None:
         raise CorruptDataError("Huffman table violates the Kraft inequality")
 
 
-def decode_table(lengths: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, int]:
-    """(lut uint16[2**max_len], max_len)."""
+def decode_table(lengths: np.ndarray, codes: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """(lut uint16[2**max_len], max_len). Canonical codes cover the table in (length,
+    symbol) order without gaps, so the table is each entry repeated over its code's span
+    (the rest, unused by an incomplete code, stays 0 = invalid)."""
+    order = _canonical_order(lengths)
     max_len = int(lengths.max())
+    lens = lengths[order].astype(np.int64)
+    entries = ((lens << 8) | order).astype(np.uint16)
+    filled = np.repeat(entries, np.int64(1) << (max_len - lens))
     lut = np.zeros(1 << max_len, np.uint16)
-    for s in np.flatnonzero(lengths):
-        l = int(lengths[s])
-        first = int(codes[s]) << (max_len - l)
-        lut[first : first + (1 << (max_len - l))] = (l << 8) | int(s)
+    lut[: filled.size] = filled
     return lut, max_len
