@@ -105,9 +105,8 @@ def encode(symbols: np.ndarray, freqs: np.ndarray, precision: int, lanes: int,
         start = _entropy.rans_encode(symbols, freqs, precision, lanes, dst)
     else:
         start = _entropy.rans_encode(symbols, freqs, precision, lanes, dst, top, ctxmap)
-    stream = dst[start:]
-    # keep a view while it is most of the buffer; copy out small streams to free the rest
-    return memoryview(stream) if stream.size * 2 > dst.size else stream.tobytes()
+    # a view, not a copy: the stream is copied once, when the caller joins its parts
+    return memoryview(dst[start:])
 
 
 def decode(stream: memoryview, freqs: np.ndarray, precision: int, lanes: int, n: int) -> np.ndarray:
