@@ -194,6 +194,15 @@ class Ans(Codec):
     def decode_payload(self, payload, dtype, count, threads):
         word = word_size(dtype)
         n = count * dtype.itemsize // word
+        if word == 2 and (threads == 1 or n <= self.chunk):
+            # the whole tensor in one compiled call (same layout, same checks)
+            out = np.empty(2 * n, np.uint8)
+            rc = _entropy.ans_decode16(payload, self.chunk, self.precision, dtype.is_float, out, scratch(n))
+            if rc == -2:
+                raise MemoryError("ans: out of memory")
+            if rc != 0:
+                raise CorruptDataError("ans: payload is corrupt")
+            return out
         r = Reader(payload, "ans")
         sections = []
         for k in range(word):

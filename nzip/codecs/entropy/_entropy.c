@@ -547,6 +547,63 @@ SIMD_TARGET static Py_ssize_t dec_avx512(const uint32_t *tab, const ctx_t *c, in
  * states are not the initial ones). dst is n bytes (plain), or 2n bytes when `other` is
  * given: then each decoded symbol is joined with other[i] into a 16-bit element. Pass
  * None for top and ctxmap to decode without contexts. */
+/* Decode table: slot -> symbol | (freq - 1) << 8 | (slot - start) << 20, per table. */
+static uint32_t *build_dec_table(const uint32_t *freq, int ntables, int P) {
+    uint32_t *tab = malloc((sizeof(uint32_t) << P) * ntables);
+    for (int t = 0; tab && t < ntables; t++) {
+        uint32_t start = 0, *tt = tab + ((size_t)t << P);
+        for (int s = 0; s < 256; s++) {
+            uint32_t f = freq[256 * t + s];
+            for (uint32_t q = 0; q < f; q++) tt[start + q] = (uint32_t)s | ((f - 1) << 8) | (q << 20);
+            start += f;
+        }
+    }
+    return tab;
+}
+
+/* Decode one stream of n symbols into the sink; returns bytes consumed or -1 (corrupt).
+ * Runs without the GIL. */
+static Py_ssize_t decode_stream(const uint8_t *src, Py_ssize_t srclen, const uint32_t *tab, int P, int lanes,
+                                const ctx_t *c, const dec_sink *k, Py_ssize_t n) {
+    uint32_t x[MAX_LANES];
+    if (srclen < 4 * lanes) return -1;
+    for (int j = 0; j < lanes; j++) {
+        memcpy(&x[j], src + 4 * j, 4);
+        if (x[j] < RANS_L || x[j] >= (1u << 31)) return -1;
+    }
+    const uint16_t *w = (const uint16_t *)(src + 4 * lanes);
+    const uint16_t *wend = w + (srclen - 4 * lanes) / 2;
+    const int fused = k->out16 != NULL;
+    Py_ssize_t i0 = 0;
+#if HAVE_SIMD
+    if (SIMD_LANES(lanes) && use_simd()) i0 = dec_avx512(tab, c, P, x, &w, wend, n, k, lanes / 16, fused);
+#endif
+    if (fused) {
+        switch (lanes) {
+        case 8: w = dec_loop(tab, c, P, x, w, wend, i0, n, k, 8, 1); break;
+        case 16: w = dec_loop(tab, c, P, x, w, wend, i0, n, k, 16, 1); break;
+        case 32: w = dec_loop(tab, c, P, x, w, wend, i0, n, k, 32, 1); break;
+        default: w = dec_loop(tab, c, P, x, w, wend, i0, n, k, lanes, 1); break;
+        }
+    } else {
+        switch (lanes) {
+        case 8: w = dec_loop(tab, c, P, x, w, wend, i0, n, k, 8, 0); break;
+        case 16: w = dec_loop(tab, c, P, x, w, wend, i0, n, k, 16, 0); break;
+        case 32: w = dec_loop(tab, c, P, x, w, wend, i0, n, k, 32, 0); break;
+        default: w = dec_loop(tab, c, P, x, w, wend, i0, n, k, lanes, 0); break;
+        }
+    }
+    if (w == NULL) return -1;
+    for (int j = 0; j < lanes; j++)
+        if (x[j] != RANS_L) return -1;
+    return (const uint8_t *)w - src;
+}
+
+/* rans_decode(stream, freq u32[ntables*256], P, lanes, dst[, top, ctxmap[, other, sym_high,
+ * rotate]]) -> bytes consumed, or -1 if the stream is corrupt (runs out, or the final
+ * states are not the initial ones). dst is n bytes (plain), or 2n bytes when `other` is
+ * given: then each decoded symbol is joined with other[i] into a 16-bit element. Pass
+ * None for top and ctxmap to decode without contexts. */
 static PyObject *rans_decode(PyObject *self, PyObject *args) {
     Py_buffer b[6] = {{0}};
     PyObject *top_obj = Py_None, *map_obj = Py_None;
@@ -568,57 +625,181 @@ static PyObject *rans_decode(PyObject *self, PyObject *args) {
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "rans_decode: bad arguments");
         return NULL;
     }
-    const uint8_t *src = b[0].buf;
-    Py_ssize_t srclen = b[0].len;
-    const uint32_t *freq = b[1].buf;
     dec_sink k = {fused ? NULL : b[2].buf, b[5].buf, fused ? b[2].buf : NULL, sym_high, rotate};
     Py_ssize_t consumed = -1;
     Py_BEGIN_ALLOW_THREADS
-    uint32_t *tab = malloc((sizeof(uint32_t) << P) * ntables);
-    uint32_t x[MAX_LANES];
-    int ok = tab != NULL && srclen >= 4 * lanes;
-    for (int t = 0; ok && t < ntables; t++) {
-        uint32_t start = 0, *tt = tab + ((size_t)t << P);
-        for (int s = 0; s < 256; s++) {
-            uint32_t f = freq[256 * t + s];
-            for (uint32_t q = 0; q < f; q++) tt[start + q] = (uint32_t)s | ((f - 1) << 8) | (q << 20);
-            start += f;
-        }
-    }
-    for (int j = 0; ok && j < lanes; j++) {
-        memcpy(&x[j], src + 4 * j, 4);
-        if (x[j] < RANS_L || x[j] >= (1u << 31)) ok = 0;
-    }
-    if (ok) {
-        const uint16_t *w = (const uint16_t *)(src + 4 * lanes);
-        const uint16_t *wend = w + (srclen - 4 * lanes) / 2;
-        Py_ssize_t i0 = 0;
-#if HAVE_SIMD
-        if (SIMD_LANES(lanes) && use_simd()) i0 = dec_avx512(tab, &c, P, x, &w, wend, n, &k, lanes / 16, fused);
-#endif
-        if (fused) {
-            switch (lanes) {
-            case 8: w = dec_loop(tab, &c, P, x, w, wend, i0, n, &k, 8, 1); break;
-            case 16: w = dec_loop(tab, &c, P, x, w, wend, i0, n, &k, 16, 1); break;
-            case 32: w = dec_loop(tab, &c, P, x, w, wend, i0, n, &k, 32, 1); break;
-            default: w = dec_loop(tab, &c, P, x, w, wend, i0, n, &k, lanes, 1); break;
-            }
-        } else {
-            switch (lanes) {
-            case 8: w = dec_loop(tab, &c, P, x, w, wend, i0, n, &k, 8, 0); break;
-            case 16: w = dec_loop(tab, &c, P, x, w, wend, i0, n, &k, 16, 0); break;
-            case 32: w = dec_loop(tab, &c, P, x, w, wend, i0, n, &k, 32, 0); break;
-            default: w = dec_loop(tab, &c, P, x, w, wend, i0, n, &k, lanes, 0); break;
-            }
-        }
-        ok = w != NULL;
-        for (int j = 0; ok && j < lanes; j++) ok = x[j] == RANS_L;
-        if (ok) consumed = (const uint8_t *)w - src;
-    }
+    uint32_t *tab = build_dec_table(b[1].buf, ntables, P);
+    if (tab) consumed = decode_stream(b[0].buf, b[0].len, tab, P, lanes, &c, &k, n);
     free(tab);
     Py_END_ALLOW_THREADS
     for (int i = 0; i < 6; i++) if (b[i].obj) PyBuffer_Release(&b[i]);
     return PyLong_FromSsize_t(consumed);
+}
+
+/* ------------------------------------------------- whole `ans` payloads of 16-bit types
+ * The layout is documented in nzip/codecs/ans.py; this parser mirrors the Python one (which
+ * stays the reference and handles the multi-threaded and non-16-bit cases) and decodes a
+ * whole tensor in one call, so small tensors pay no Python overhead per plane or chunk. */
+
+typedef struct {
+    const uint8_t *p, *end;
+} cursor;
+
+static int take(cursor *r, Py_ssize_t len, const uint8_t **out) {
+    if (len < 0 || r->end - r->p < len) return -1;
+    *out = r->p;
+    r->p += len;
+    return 0;
+}
+
+static int read_u64(cursor *r, uint64_t *v) {
+    const uint8_t *q;
+    if (take(r, 8, &q) < 0) return -1;
+    memcpy(v, q, 8);
+    return 0;
+}
+
+/* rans.pack_table's layout: 32-byte MSB-first presence bitmap, u8 width, freq - 1 values */
+static int read_table(cursor *r, int P, uint32_t *freq) {
+    const uint8_t *bm, *wd, *vals;
+    if (take(r, 32, &bm) < 0 || take(r, 1, &wd) < 0 || (*wd != 1 && *wd != 2)) return -1;
+    int k = 0;
+    for (int i = 0; i < 32; i++) k += __builtin_popcount(bm[i]);
+    if (take(r, (Py_ssize_t)k * *wd, &vals) < 0) return -1;
+    uint64_t total = 0;
+    int j = 0;
+    for (int s = 0; s < 256; s++) {
+        uint32_t f = 0;
+        if (bm[s >> 3] & (0x80 >> (s & 7))) {
+            f = (*wd == 1 ? vals[j] : (uint32_t)(vals[2 * j] | (vals[2 * j + 1] << 8))) + 1u;
+            j++;
+        }
+        freq[s] = f;
+        total += f;
+    }
+    return total == (1u << P) ? 0 : -1;
+}
+
+typedef struct {
+    int method, lanes, ntables;
+    const uint8_t *raw;
+    uint32_t *tab; /* decode tables */
+    ctx_t ctx;
+    uint8_t ctxmap[256];
+    const uint8_t **streams;
+    uint64_t *sizes;
+} ans_section;
+
+static int read_ans_section(const uint8_t *body, uint64_t len, int method, Py_ssize_t n, Py_ssize_t nchunks,
+                            int P, ans_section *sec) {
+    cursor r = {body, body + len};
+    const uint8_t *q;
+    sec->method = method;
+    if (method == 0) {
+        if ((Py_ssize_t)len != n) return -1;
+        sec->raw = body;
+        return 0;
+    }
+    if (method != 1 && method != 2) return -1;
+    if (take(&r, 1, &q) < 0 || *q < 1 || *q > MAX_LANES) return -1;
+    sec->lanes = *q;
+    memset(sec->ctxmap, 0, 256);
+    sec->ntables = 1;
+    if (method == 2) {
+        const uint8_t *vals;
+        if (take(&r, 1, &q) < 0 || *q < 1 || *q > 63 || take(&r, *q, &vals) < 0) return -1;
+        for (int i = 0; i < *q; i++) {
+            if (sec->ctxmap[vals[i]]) return -1; /* listed twice */
+            sec->ctxmap[vals[i]] = (uint8_t)(i + 1);
+        }
+        sec->ntables = *q + 1;
+    }
+    uint32_t freq[256 * 64];
+    for (int t = 0; t < sec->ntables; t++)
+        if (read_table(&r, P, freq + 256 * t) < 0) return -1;
+    sec->sizes = malloc(sizeof(uint64_t) * nchunks);
+    sec->streams = malloc(sizeof(uint8_t *) * nchunks);
+    sec->tab = build_dec_table(freq, sec->ntables, P);
+    if (!sec->sizes || !sec->streams || !sec->tab) return -2;
+    for (Py_ssize_t i = 0; i < nchunks; i++)
+        if (read_u64(&r, &sec->sizes[i]) < 0) return -1;
+    for (Py_ssize_t i = 0; i < nchunks; i++)
+        if (sec->sizes[i] > (uint64_t)(r.end - r.p) || take(&r, (Py_ssize_t)sec->sizes[i], &sec->streams[i]) < 0)
+            return -1;
+    return r.p == r.end ? 0 : -1;
+}
+
+/* decode a coded section's chunks into the sink (top = context plane, other = join plane) */
+static int decode_section(const ans_section *sec, Py_ssize_t n, Py_ssize_t chunk, int P, uint8_t *out8,
+                          uint16_t *out16, const uint8_t *top, const uint8_t *other, int sym_high, int rotate) {
+    ctx_t c;
+    memset(&c, 0, sizeof c);
+    if (sec->method == 2) {
+        c.top = top;
+        for (int v = 0; v < 256; v++) { c.id[v] = sec->ctxmap[v]; c.offset[v] = (uint32_t)sec->ctxmap[v] << P; }
+    }
+    for (Py_ssize_t a = 0, i = 0; a < n; a += chunk, i++) {
+        Py_ssize_t m = n - a < chunk ? n - a : chunk;
+        ctx_t cc = c;
+        if (cc.top) cc.top = top + a;
+        dec_sink k = {out8 ? out8 + a : NULL, other ? other + a : NULL, out16 ? out16 + a : NULL, sym_high, rotate};
+        if (decode_stream(sec->streams[i], (Py_ssize_t)sec->sizes[i], sec->tab, P, sec->lanes, &cc, &k, m) !=
+            (Py_ssize_t)sec->sizes[i])
+            return -1;
+    }
+    return 0;
+}
+
+/* ans_decode16(payload, chunk, P, rotate, out[2n], scratch[n]) -> 0, -1 (corrupt), -2 (memory) */
+static PyObject *ans_decode16(PyObject *self, PyObject *args) {
+    Py_buffer b[3];
+    Py_ssize_t chunk;
+    int P, rotate;
+    if (!PyArg_ParseTuple(args, "y*nipw*w*", &b[0], &chunk, &P, &rotate, &b[1], &b[2])) return NULL;
+    Py_ssize_t n = b[1].len / 2;
+    if (get_buffers(b, 3) < 0 || b[1].len % 2 || b[2].len != n || chunk < 1 || P < 1 || P > MAX_P) {
+        release(b, 3);
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "ans_decode16: bad arguments");
+        return NULL;
+    }
+    int rc = 0;
+    Py_BEGIN_ALLOW_THREADS
+    Py_ssize_t nchunks = (n + chunk - 1) / chunk;
+    ans_section sec[2];
+    memset(sec, 0, sizeof sec);
+    cursor r = {b[0].buf, (const uint8_t *)b[0].buf + b[0].len};
+    for (int k = 0; k < 2 && rc == 0; k++) {
+        const uint8_t *m, *body;
+        uint64_t len;
+        if (take(&r, 1, &m) < 0 || read_u64(&r, &len) < 0 || len > (uint64_t)(r.end - r.p) ||
+            take(&r, (Py_ssize_t)len, &body) < 0 || (*m == 2 && k == 0))
+            rc = -1;
+        else
+            rc = read_ans_section(body, len, *m, n, nchunks, P, &sec[k]);
+    }
+    if (rc == 0 && r.p != r.end) rc = -1;
+    uint8_t *out = b[1].buf, *tmp = b[2].buf;
+    if (rc == 0) {
+        if (sec[1].method == 2) { /* exponents first: they are the low plane's contexts */
+            if (sec[0].method == 0) memcpy(tmp, sec[0].raw, n);
+            else rc = decode_section(&sec[0], n, chunk, P, tmp, NULL, NULL, NULL, 1, 0);
+            if (rc == 0) rc = decode_section(&sec[1], n, chunk, P, NULL, (uint16_t *)out, tmp, tmp, 0, rotate);
+        } else if (sec[0].method != 0) {
+            if (sec[1].method == 0) memcpy(tmp, sec[1].raw, n);
+            else rc = decode_section(&sec[1], n, chunk, P, tmp, NULL, NULL, NULL, 1, 0);
+            if (rc == 0) rc = decode_section(&sec[0], n, chunk, P, NULL, (uint16_t *)out, NULL, tmp, 1, rotate);
+        } else {
+            for (Py_ssize_t i = 0; i < n; i++) {
+                uint16_t v = (uint16_t)((sec[0].raw[i] << 8) | sec[1].raw[i]);
+                v = rotate ? (uint16_t)((v >> 1) | (v << 15)) : v;
+                memcpy(out + 2 * i, &v, 2);
+            }
+        }
+    }
+    for (int k = 0; k < 2; k++) { free(sec[k].tab); free(sec[k].sizes); free(sec[k].streams); }
+    Py_END_ALLOW_THREADS
+    release(b, 3);
+    return PyLong_FromLong(rc);
 }
 
 /* joint_histogram(a u8[n], b u8[n], counts u64[65536]): counts[a << 8 | b] += 1.
@@ -835,6 +1016,7 @@ static PyMethodDef methods[] = {
     {"histogram", histogram, METH_VARARGS, "histogram(src, counts_u64_256)"},
     {"rans_encode", rans_encode, METH_VARARGS, "rans_encode(sym, freq, P, lanes, dst[, top, ctxmap]) -> start"},
     {"rans_decode", rans_decode, METH_VARARGS, "rans_decode(src, freq, P, lanes, dst[, top, ctxmap[, other, sym_high, rotate]]) -> consumed"},
+    {"ans_decode16", ans_decode16, METH_VARARGS, "ans_decode16(payload, chunk, P, rotate, out, scratch) -> 0/-1/-2"},
     {"joint_histogram", joint_histogram, METH_VARARGS, "joint_histogram(a, b, counts_u64_65536)"},
     {"bf16_split", bf16_split, METH_VARARGS, "bf16_split(src, exp, sign_mantissa)"},
     {"huff_encode", huff_encode, METH_VARARGS, "huff_encode(exp, code, length, block, dst, offsets) -> nbits"},
