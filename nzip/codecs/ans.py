@@ -130,16 +130,37 @@ class Ans(Codec):
     def encode_payload(self, data, dtype, threads):
         word = word_size(dtype)
         n = data.size // word
+        if word == 2 and data.ctypes.data % 2 == 0:
+            return self._encode16(data, dtype, n, threads)
         planes = split(data, dtype, scratch(data.size))
-        if word == 2 and self.contexts and n >= CONTEXT_MIN:
-            # one pass gives both planes' histograms and their joint, for context coding
-            top, low = planes[:n], planes[n:]
-            joint = np.zeros(1 << 16, np.uint64)
-            _entropy.joint_histogram(top, low, joint)
-            joint = joint.reshape(256, 256)
-            return (self._encode_plane(top, threads, joint.sum(axis=1))
-                    + self._encode_plane(low, threads, joint.sum(axis=0), top, joint))
         return [part for k in range(word) for part in self._encode_plane(planes[k * n : (k + 1) * n], threads)]
+
+    def _encode16(self, data, dtype, n, threads):
+        """16-bit types: split and histogram chunk by chunk in parallel, then code the
+        exponent plane, and the low plane in context of it when that pays."""
+        planes = scratch(2 * n)
+        top, low = planes[:n], planes[n:]
+        with_contexts = self.contexts and n >= CONTEXT_MIN
+
+        def prepare(span):
+            a, b = span
+            _entropy.split16(data[2 * a : 2 * b], top[a:b], low[a:b], dtype.is_float)
+            counts = np.zeros(1 << 16 if with_contexts else 512, np.uint64)
+            if with_contexts:
+                _entropy.joint_histogram(top[a:b], low[a:b], counts)
+            else:
+                _entropy.histogram(top[a:b], counts[:256])
+                _entropy.histogram(low[a:b], counts[256:])
+            return counts
+
+        parts = pmap(prepare, self._spans(n), threads)
+        counts = parts[0] if len(parts) == 1 else np.sum(parts, axis=0, dtype=np.uint64) if parts else np.zeros(512, np.uint64)
+        if not with_contexts:
+            return (self._encode_plane(top, threads, counts[:256])
+                    + self._encode_plane(low, threads, counts[256:512]))
+        joint = counts.reshape(256, 256)
+        return (self._encode_plane(top, threads, joint.sum(axis=1))
+                + self._encode_plane(low, threads, joint.sum(axis=0), top, joint))
 
     # -- decoding -----------------------------------------------------------------------
     def _read_section(self, method: int, body: memoryview, n: int) -> dict:

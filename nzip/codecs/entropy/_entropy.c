@@ -97,6 +97,25 @@ static PyObject *planes_split(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* split16(src 2n bytes, hi n, lo n, rotate): the two planes of 16-bit elements into separate
+ * buffers (so that chunks of one tensor can be split in parallel) */
+static PyObject *split16_py(PyObject *self, PyObject *args) {
+    Py_buffer b[3];
+    int rotate;
+    if (!PyArg_ParseTuple(args, "y*w*w*p", &b[0], &b[1], &b[2], &rotate)) return NULL;
+    Py_ssize_t n = b[1].len;
+    if (get_buffers(b, 3) < 0 || b[0].len != 2 * n || b[2].len != n || ((uintptr_t)b[0].buf & 1)) {
+        release(b, 3);
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "split16: bad sizes or alignment");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    split16(b[0].buf, b[1].buf, b[2].buf, n, rotate);
+    Py_END_ALLOW_THREADS
+    release(b, 3);
+    Py_RETURN_NONE;
+}
+
 static PyObject *planes_join(PyObject *self, PyObject *args) {
     Py_buffer b[2];
     int itemsize, rotate;
@@ -1011,6 +1030,7 @@ static PyObject *set_simd(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"planes_split", planes_split, METH_VARARGS, "planes_split(src, dst, itemsize, rotate)"},
+    {"split16", split16_py, METH_VARARGS, "split16(src, hi, lo, rotate)"},
     {"planes_join", planes_join, METH_VARARGS, "planes_join(src, dst, itemsize, rotate)"},
     {"set_simd", set_simd, METH_VARARGS, "set_simd(on) -> bool: use AVX-512 where the CPU has it"},
     {"histogram", histogram, METH_VARARGS, "histogram(src, counts_u64_256)"},
