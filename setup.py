@@ -6,7 +6,8 @@ setup(
         Extension(
             "nzip.codecs.entropy._entropy",
             sources=["nzip/codecs/entropy/_entropy.c"],
-            extra_compile_args=["-O3", "-std=c11", "-fno-strict-aliasing"],
+            extra_compile_args=["-O3", "-std=gnu11", "-fno-strict-aliasing", "-pthread"],
+            extra_link_args=["-pthread", "-lm"],
         )
     ]
 )

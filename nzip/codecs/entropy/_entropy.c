@@ -11,6 +11,7 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include <math.h>
 
 /* ------------------------------------------------------------------------- helpers */
 
@@ -398,6 +399,49 @@ static int get_ctx(ctx_t *c, Py_buffer *top, Py_buffer *map, Py_ssize_t n, int n
 /* rans_encode(symbols u8, freq u32[ntables*256], P, lanes, dst[, top, ctxmap]) -> start
  * offset of the stream in dst; the stream fills dst[start:]. dst needs 2n + 4*lanes + 4
  * bytes. */
+/* Encoder tables for ntables x 256 symbols (absent symbols get a dummy entry). */
+static enc_sym *build_enc_table(const uint32_t *freq, int ntables, int P) {
+    enc_sym *tab = malloc(sizeof(enc_sym) * 256 * ntables);
+    for (int t = 0; tab && t < ntables; t++) {
+        uint32_t start = 0;
+        for (int s = 0; s < 256; s++) {
+            uint32_t f = freq[256 * t + s];
+            enc_sym_init(&tab[256 * t + s], start, f ? f : 1, P);
+            start += f;
+        }
+    }
+    return tab;
+}
+
+/* Encode n symbols backwards into the end of dst (dstlen >= 2n + 4 lanes + 4); returns
+ * the offset where the stream starts. Every symbol must have a non-zero frequency in its
+ * table (callers check). Runs without the GIL. */
+static Py_ssize_t encode_stream(const uint8_t *sym, Py_ssize_t n, const enc_sym *tab, int ntables, const ctx_t *c,
+                                int P, int lanes, uint8_t *dst, Py_ssize_t dstlen) {
+    uint32_t x[MAX_LANES];
+    for (int j = 0; j < lanes; j++) x[j] = RANS_L;
+    uint16_t *w = (uint16_t *)(dst + (dstlen & ~(Py_ssize_t)1));
+    w = enc_tail(sym, n, tab, c, w, x, lanes);
+    Py_ssize_t groups_end = n - n % lanes;
+    uint16_t *ws = NULL;
+#if HAVE_SIMD
+    if (SIMD_LANES(lanes) && use_simd()) ws = enc_groups_avx512(sym, groups_end, tab, ntables, c, P, w, x, lanes / 16);
+#endif
+    if (ws) w = ws;
+    else switch (lanes) {
+    case 8: w = enc_groups(sym, groups_end, tab, c, w, x, 8); break;
+    case 16: w = enc_groups(sym, groups_end, tab, c, w, x, 16); break;
+    case 32: w = enc_groups(sym, groups_end, tab, c, w, x, 32); break;
+    default: w = enc_groups(sym, groups_end, tab, c, w, x, lanes); break;
+    }
+    uint8_t *ptr = (uint8_t *)w - 4 * lanes;
+    for (int j = 0; j < lanes; j++) memcpy(ptr + 4 * j, &x[j], 4);
+    return ptr - dst;
+}
+
+/* rans_encode(symbols u8, freq u32[ntables*256], P, lanes, dst[, top, ctxmap]) -> start
+ * offset of the stream in dst; the stream fills dst[start:]. dst needs 2n + 4*lanes + 4
+ * bytes. */
 static PyObject *rans_encode(PyObject *self, PyObject *args) {
     Py_buffer b[5] = {{0}};
     int P, lanes;
@@ -414,41 +458,13 @@ static PyObject *rans_encode(PyObject *self, PyObject *args) {
     }
     const uint8_t *sym = b[0].buf;
     const uint32_t *freq = b[1].buf;
-    uint8_t *dst = b[2].buf;
     int bad = 0;
-    uint8_t *ptr = dst;
+    Py_ssize_t start = 0;
     Py_BEGIN_ALLOW_THREADS
-    enc_sym *tab = malloc(sizeof(enc_sym) * 256 * ntables);
+    enc_sym *tab = build_enc_table(freq, ntables, P);
     bad = tab == NULL;
-    for (int t = 0; t < ntables && !bad; t++) {
-        uint32_t start = 0;
-        for (int s = 0; s < 256; s++) {
-            uint32_t f = freq[256 * t + s];
-            enc_sym_init(&tab[256 * t + s], start, f ? f : 1, P);
-            start += f;
-        }
-    }
     for (Py_ssize_t i = 0; i < n && !bad; i++) bad = freq[CTX_OFF(&c, i) + sym[i]] == 0;
-    if (!bad) {
-        uint32_t x[MAX_LANES];
-        for (int j = 0; j < lanes; j++) x[j] = RANS_L;
-        uint16_t *w = (uint16_t *)(dst + (b[2].len & ~(Py_ssize_t)1));
-        w = enc_tail(sym, n, tab, &c, w, x, lanes);
-        Py_ssize_t groups_end = n - n % lanes;
-        uint16_t *ws = NULL;
-#if HAVE_SIMD
-        if (SIMD_LANES(lanes) && use_simd()) ws = enc_groups_avx512(sym, groups_end, tab, ntables, &c, P, w, x, lanes / 16);
-#endif
-        if (ws) w = ws;
-        else switch (lanes) {
-        case 8: w = enc_groups(sym, groups_end, tab, &c, w, x, 8); break;
-        case 16: w = enc_groups(sym, groups_end, tab, &c, w, x, 16); break;
-        case 32: w = enc_groups(sym, groups_end, tab, &c, w, x, 32); break;
-        default: w = enc_groups(sym, groups_end, tab, &c, w, x, lanes); break;
-        }
-        ptr = (uint8_t *)w - 4 * lanes;
-        for (int j = 0; j < lanes; j++) memcpy(ptr + 4 * j, &x[j], 4);
-    }
+    if (!bad) start = encode_stream(sym, n, tab, ntables, &c, P, lanes, b[2].buf, b[2].len);
     free(tab);
     Py_END_ALLOW_THREADS
     release(b, b[3].buf ? 5 : 3);
@@ -456,7 +472,7 @@ static PyObject *rans_encode(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "rans_encode: symbol with zero frequency (or out of memory)");
         return NULL;
     }
-    return PyLong_FromSsize_t(ptr - dst);
+    return PyLong_FromSsize_t(start);
 }
 
 /* Where decoded symbols go: plain bytes (out8), or 16-bit elements joined with another
@@ -655,6 +671,37 @@ static PyObject *rans_decode(PyObject *self, PyObject *args) {
     return PyLong_FromSsize_t(consumed);
 }
 
+/* ------------------------------------------------------------- parallel loops (pthreads)
+ * The whole-payload functions below run without the GIL and split their chunks between
+ * `threads` POSIX threads themselves, so a big tensor scales without Python in the loop. */
+#include <pthread.h>
+
+typedef struct {
+    void (*fn)(void *arg, Py_ssize_t i);
+    void *arg;
+    Py_ssize_t n, next;
+} pfor_t;
+
+static void *pfor_worker(void *p) {
+    pfor_t *t = p;
+    for (;;) {
+        Py_ssize_t i = __atomic_fetch_add(&t->next, 1, __ATOMIC_RELAXED);
+        if (i >= t->n) return NULL;
+        t->fn(t->arg, i);
+    }
+}
+
+static void parallel_for(int threads, Py_ssize_t n, void (*fn)(void *, Py_ssize_t), void *arg) {
+    pfor_t t = {fn, arg, n, 0};
+    pthread_t ids[64];
+    int spawned = 0;
+    if (threads > 64) threads = 64;
+    for (int k = 1; k < threads && k < n; k++)
+        if (pthread_create(&ids[spawned], NULL, pfor_worker, &t) == 0) spawned++;
+    pfor_worker(&t);
+    for (int k = 0; k < spawned; k++) pthread_join(ids[k], NULL);
+}
+
 /* ------------------------------------------------- whole `ans` payloads of 16-bit types
  * The layout is documented in nzip/codecs/ans.py; this parser mirrors the Python one (which
  * stays the reference and handles the multi-threaded and non-16-bit cases) and decodes a
@@ -749,32 +796,48 @@ static int read_ans_section(const uint8_t *body, uint64_t len, int method, Py_ss
 }
 
 /* decode a coded section's chunks into the sink (top = context plane, other = join plane) */
-static int decode_section(const ans_section *sec, Py_ssize_t n, Py_ssize_t chunk, int P, uint8_t *out8,
-                          uint16_t *out16, const uint8_t *top, const uint8_t *other, int sym_high, int rotate) {
+typedef struct {
+    const ans_section *sec;
+    Py_ssize_t n, chunk;
+    int P, sym_high, rotate, failed;
+    uint8_t *out8;
+    uint16_t *out16;
+    const uint8_t *top, *other;
     ctx_t c;
-    memset(&c, 0, sizeof c);
-    if (sec->method == 2) {
-        c.top = top;
-        for (int v = 0; v < 256; v++) { c.id[v] = sec->ctxmap[v]; c.offset[v] = (uint32_t)sec->ctxmap[v] << P; }
-    }
-    for (Py_ssize_t a = 0, i = 0; a < n; a += chunk, i++) {
-        Py_ssize_t m = n - a < chunk ? n - a : chunk;
-        ctx_t cc = c;
-        if (cc.top) cc.top = top + a;
-        dec_sink k = {out8 ? out8 + a : NULL, other ? other + a : NULL, out16 ? out16 + a : NULL, sym_high, rotate};
-        if (decode_stream(sec->streams[i], (Py_ssize_t)sec->sizes[i], sec->tab, P, sec->lanes, &cc, &k, m) !=
-            (Py_ssize_t)sec->sizes[i])
-            return -1;
-    }
-    return 0;
+} dec_job;
+
+static void dec_chunk(void *arg, Py_ssize_t i) {
+    dec_job *j = arg;
+    Py_ssize_t a = i * j->chunk, m = j->n - a < j->chunk ? j->n - a : j->chunk;
+    ctx_t cc = j->c;
+    if (cc.top) cc.top = j->top + a;
+    dec_sink k = {j->out8 ? j->out8 + a : NULL, j->other ? j->other + a : NULL, j->out16 ? j->out16 + a : NULL,
+                  j->sym_high, j->rotate};
+    if (decode_stream(j->sec->streams[i], (Py_ssize_t)j->sec->sizes[i], j->sec->tab, j->P, j->sec->lanes, &cc, &k, m) !=
+        (Py_ssize_t)j->sec->sizes[i])
+        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
 }
 
-/* ans_decode16(payload, chunk, P, rotate, out[2n], scratch[n]) -> 0, -1 (corrupt), -2 (memory) */
+static int decode_section(const ans_section *sec, Py_ssize_t n, Py_ssize_t chunk, int P, uint8_t *out8,
+                          uint16_t *out16, const uint8_t *top, const uint8_t *other, int sym_high, int rotate,
+                          int threads) {
+    dec_job j = {sec, n, chunk, P, sym_high, rotate, 0, out8, out16, top, other};
+    memset(&j.c, 0, sizeof j.c);
+    if (sec->method == 2) {
+        j.c.top = top;
+        for (int v = 0; v < 256; v++) { j.c.id[v] = sec->ctxmap[v]; j.c.offset[v] = (uint32_t)sec->ctxmap[v] << P; }
+    }
+    parallel_for(threads, (n + chunk - 1) / chunk, dec_chunk, &j);
+    return j.failed ? -1 : 0;
+}
+
+/* ans_decode16(payload, chunk, P, rotate, out[2n], scratch[n], threads) -> 0, -1 (corrupt),
+ * -2 (memory) */
 static PyObject *ans_decode16(PyObject *self, PyObject *args) {
     Py_buffer b[3];
     Py_ssize_t chunk;
-    int P, rotate;
-    if (!PyArg_ParseTuple(args, "y*nipw*w*", &b[0], &chunk, &P, &rotate, &b[1], &b[2])) return NULL;
+    int P, rotate, threads;
+    if (!PyArg_ParseTuple(args, "y*nipw*w*i", &b[0], &chunk, &P, &rotate, &b[1], &b[2], &threads)) return NULL;
     Py_ssize_t n = b[1].len / 2;
     if (get_buffers(b, 3) < 0 || b[1].len % 2 || b[2].len != n || chunk < 1 || P < 1 || P > MAX_P) {
         release(b, 3);
@@ -801,12 +864,12 @@ static PyObject *ans_decode16(PyObject *self, PyObject *args) {
     if (rc == 0) {
         if (sec[1].method == 2) { /* exponents first: they are the low plane's contexts */
             if (sec[0].method == 0) memcpy(tmp, sec[0].raw, n);
-            else rc = decode_section(&sec[0], n, chunk, P, tmp, NULL, NULL, NULL, 1, 0);
-            if (rc == 0) rc = decode_section(&sec[1], n, chunk, P, NULL, (uint16_t *)out, tmp, tmp, 0, rotate);
+            else rc = decode_section(&sec[0], n, chunk, P, tmp, NULL, NULL, NULL, 1, 0, threads);
+            if (rc == 0) rc = decode_section(&sec[1], n, chunk, P, NULL, (uint16_t *)out, tmp, tmp, 0, rotate, threads);
         } else if (sec[0].method != 0) {
             if (sec[1].method == 0) memcpy(tmp, sec[1].raw, n);
-            else rc = decode_section(&sec[1], n, chunk, P, tmp, NULL, NULL, NULL, 1, 0);
-            if (rc == 0) rc = decode_section(&sec[0], n, chunk, P, NULL, (uint16_t *)out, NULL, tmp, 1, rotate);
+            else rc = decode_section(&sec[1], n, chunk, P, tmp, NULL, NULL, NULL, 1, 0, threads);
+            if (rc == 0) rc = decode_section(&sec[0], n, chunk, P, NULL, (uint16_t *)out, NULL, tmp, 1, rotate, threads);
         } else {
             for (Py_ssize_t i = 0; i < n; i++) {
                 uint16_t v = (uint16_t)((sec[0].raw[i] << 8) | sec[1].raw[i]);
@@ -819,6 +882,280 @@ static PyObject *ans_decode16(PyObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS
     release(b, 3);
     return PyLong_FromLong(rc);
+}
+
+/* ------------------------------------------------------- whole `ans` payloads: encoding
+ * The planner decides, per plane, raw / one table / tables in context of the exponent,
+ * from entropy estimates (as documented in nzip/codecs/ans.py); it is the only planner for
+ * 16-bit types, whatever the thread count, so the output never depends on threads. */
+
+#define CONTEXT_MIN (1 << 14)
+#define MAX_CONTEXTS 63
+#define CONTEXT_MIN_COUNT 2048 /* a context's table (~290 bytes) cannot pay off below this */
+
+static double entropy_bytes_of(const int64_t *c) {
+    double total = 0, acc = 0;
+    for (int s = 0; s < 256; s++) total += (double)c[s];
+    if (total <= 0) return 0;
+    for (int s = 0; s < 256; s++)
+        if (c[s] > 0) acc += (double)c[s] * log2(total / (double)c[s]);
+    return acc / 8;
+}
+
+static double table_bytes_of(const int64_t *c, int P) {
+    int64_t k = 0, mx = 0, sum = 0;
+    for (int s = 0; s < 256; s++) {
+        k += c[s] > 0;
+        mx = c[s] > mx ? c[s] : mx;
+        sum += c[s];
+    }
+    int narrow = (double)mx * (1 << P) < 256.0 * (double)(sum > 0 ? sum : 1);
+    return 33.0 + (double)k * (narrow ? 1 : 2);
+}
+
+/* frequencies summing to 2^P, >= 1 for every symbol that occurs (rans.quantize's rule) */
+static void quantize_counts(const int64_t *counts, int P, uint32_t *freq) {
+    const int64_t M = (int64_t)1 << P;
+    double total = 0;
+    for (int s = 0; s < 256; s++) total += (double)counts[s];
+    int64_t f[256], sum = 0;
+    if (total <= 0) {
+        memset(freq, 0, 256 * sizeof *freq);
+        freq[0] = (uint32_t)M;
+        return;
+    }
+    for (int s = 0; s < 256; s++) {
+        f[s] = counts[s] > 0 ? (int64_t)fmax(1.0, rint((double)counts[s] * ((double)M / total))) : 0;
+        sum += f[s];
+    }
+    int64_t diff = M - sum;
+    while (diff != 0) { /* settle rounding on the most frequent symbols, where it costs least */
+        int i = 0;
+        for (int s = 1; s < 256; s++) if (f[s] > f[i]) i = s;
+        int64_t step = diff > 0 ? diff : -(-diff < f[i] - 1 ? -diff : f[i] - 1);
+        if (step == 0) break; /* impossible for P >= 8 */
+        f[i] += step;
+        diff -= step;
+    }
+    for (int s = 0; s < 256; s++) freq[s] = (uint32_t)f[s];
+}
+
+static int auto_lanes_for(Py_ssize_t n) {
+    return n >= (1 << 16) ? 64 : n >= (1 << 14) ? 32 : n >= (1 << 12) ? 16 : 8;
+}
+
+typedef struct {
+    int method, lanes, k;
+    uint8_t ctx[MAX_CONTEXTS];
+    uint32_t freq[256 * (MAX_CONTEXTS + 1)];
+} plane_plan;
+
+/* counts: the plane's 256 counts; joint: 256 x 256 (context value x symbol) or NULL */
+static void plan_plane(const int64_t *counts, const int64_t *joint, Py_ssize_t n, Py_ssize_t nchunks, int P,
+                       int lanes, plane_plan *pl) {
+    pl->lanes = lanes ? lanes : auto_lanes_for(n < 1 << 20 ? n : 1 << 20);
+    double state = (4.0 * pl->lanes + 10) * (double)nchunks;
+    double plain = entropy_bytes_of(counts) + table_bytes_of(counts, P) + state;
+    pl->k = 0;
+    pl->method = plain < (double)n ? 1 : 0;
+    if (joint) {
+        int64_t rows[256];
+        int order[256], m = 0;
+        for (int v = 0; v < 256; v++) {
+            rows[v] = 0;
+            for (int s = 0; s < 256; s++) rows[v] += joint[256 * v + s];
+            if (rows[v] >= CONTEXT_MIN_COUNT) order[m++] = v;
+        }
+        for (int i = 1; i < m; i++) /* stable insertion sort, most frequent first */
+            for (int j = i; j > 0 && rows[order[j]] > rows[order[j - 1]]; j--) {
+                int t = order[j]; order[j] = order[j - 1]; order[j - 1] = t;
+            }
+        if (m > MAX_CONTEXTS) m = MAX_CONTEXTS;
+        int64_t rest[256];
+        memcpy(rest, counts, sizeof rest);
+        double own = 0, best = entropy_bytes_of(counts) + table_bytes_of(counts, P);
+        int best_k = 0;
+        for (int i = 0; i < m; i++) {
+            const int64_t *row = joint + 256 * order[i];
+            own += entropy_bytes_of(row) + table_bytes_of(row, P);
+            int any = 0;
+            for (int s = 0; s < 256; s++) { rest[s] -= row[s]; any |= rest[s] > 0; }
+            double cost = own + 2 + (i + 1) + (any ? entropy_bytes_of(rest) + table_bytes_of(rest, P) : 35);
+            if (cost < best) { best = cost; best_k = i + 1; }
+        }
+        if (best_k && best + state < plain && best + state < (double)n) {
+            pl->method = 2;
+            pl->k = best_k;
+            memcpy(rest, counts, sizeof rest);
+            for (int i = 0; i < best_k; i++) {
+                pl->ctx[i] = (uint8_t)order[i];
+                quantize_counts(joint + 256 * order[i], P, pl->freq + 256 * (i + 1));
+                for (int s = 0; s < 256; s++) rest[s] -= joint[256 * order[i] + s];
+            }
+            quantize_counts(rest, P, pl->freq);
+            return;
+        }
+    }
+    if (pl->method == 1) quantize_counts(counts, P, pl->freq);
+}
+
+static Py_ssize_t pack_table_to(const uint32_t *freq, uint8_t *out) {
+    int wide = 0, k = 0;
+    memset(out, 0, 32);
+    for (int s = 0; s < 256; s++)
+        if (freq[s]) { out[s >> 3] |= (uint8_t)(0x80 >> (s & 7)); wide |= freq[s] - 1 > 255; k++; }
+    out[32] = wide ? 2 : 1;
+    Py_ssize_t o = 33;
+    for (int s = 0; s < 256; s++) {
+        if (!freq[s]) continue;
+        out[o++] = (uint8_t)(freq[s] - 1);
+        if (wide) out[o++] = (uint8_t)((freq[s] - 1) >> 8);
+    }
+    return o;
+}
+
+typedef struct {
+    const uint8_t *plane, *top;
+    Py_ssize_t n, chunk;
+    int P, ntables;
+    const plane_plan *pl;
+    const enc_sym *tab;
+    ctx_t ctx;
+    uint8_t **bufs;
+    Py_ssize_t *starts, *lens;
+} enc_job;
+
+static void enc_chunk(void *arg, Py_ssize_t i) {
+    enc_job *j = arg;
+    Py_ssize_t a = i * j->chunk, m = j->n - a < j->chunk ? j->n - a : j->chunk;
+    Py_ssize_t cap = 2 * m + 4 * j->pl->lanes + 4;
+    j->bufs[i] = malloc(cap);
+    if (!j->bufs[i]) { j->lens[i] = -1; return; }
+    ctx_t c = j->ctx;
+    if (c.top) c.top = j->top + a;
+    j->starts[i] = encode_stream(j->plane + a, m, j->tab, j->ntables, &c, j->P, j->pl->lanes, j->bufs[i], cap);
+    j->lens[i] = cap - j->starts[i];
+}
+
+/* A plane's section (method byte, u64 length, body) appended at out; returns bytes written
+ * or -1. Falls back to plainer methods when the coded section would not be smaller. */
+static Py_ssize_t write_plane(const uint8_t *plane, const uint8_t *top, Py_ssize_t n, Py_ssize_t chunk, int P,
+                              plane_plan *pl, const int64_t *counts, int threads, uint8_t *out) {
+    Py_ssize_t nchunks = (n + chunk - 1) / chunk;
+    while (pl->method != 0) {
+        int ntables = pl->method == 2 ? pl->k + 1 : 1;
+        enc_job j = {plane, top, n, chunk, P, ntables, pl, build_enc_table(pl->freq, ntables, P)};
+        memset(&j.ctx, 0, sizeof j.ctx);
+        if (pl->method == 2) {
+            j.ctx.top = top;
+            for (int i = 0; i < pl->k; i++) { j.ctx.id[pl->ctx[i]] = (uint8_t)(i + 1); j.ctx.offset[pl->ctx[i]] = 256u * (i + 1); }
+        }
+        j.bufs = calloc(nchunks ? nchunks : 1, sizeof(uint8_t *));
+        j.starts = calloc(nchunks ? nchunks : 1, sizeof(Py_ssize_t));
+        j.lens = calloc(nchunks ? nchunks : 1, sizeof(Py_ssize_t));
+        Py_ssize_t written = -1;
+        if (j.tab && j.bufs && j.starts && j.lens) {
+            parallel_for(threads, nchunks, enc_chunk, &j);
+            Py_ssize_t body = 1 + (pl->method == 2 ? 1 + pl->k : 0) + 8 * nchunks, ok = 1;
+            uint8_t tbl[33 + 512];
+            for (int t = 0; t < ntables; t++) body += pack_table_to(pl->freq + 256 * t, tbl);
+            for (Py_ssize_t i = 0; i < nchunks; i++) { ok &= j.lens[i] >= 0; body += j.lens[i]; }
+            if (ok && body < n) {
+                uint8_t *o = out;
+                *o++ = (uint8_t)pl->method;
+                uint64_t len = (uint64_t)body;
+                memcpy(o, &len, 8); o += 8;
+                *o++ = (uint8_t)pl->lanes;
+                if (pl->method == 2) { *o++ = (uint8_t)pl->k; memcpy(o, pl->ctx, pl->k); o += pl->k; }
+                for (int t = 0; t < ntables; t++) o += pack_table_to(pl->freq + 256 * t, o);
+                for (Py_ssize_t i = 0; i < nchunks; i++) { uint64_t l = (uint64_t)j.lens[i]; memcpy(o, &l, 8); o += 8; }
+                for (Py_ssize_t i = 0; i < nchunks; i++) { memcpy(o, j.bufs[i] + j.starts[i], j.lens[i]); o += j.lens[i]; }
+                written = o - out;
+            } else if (!ok) {
+                written = -2;
+            }
+        }
+        for (Py_ssize_t i = 0; j.bufs && i < nchunks; i++) free(j.bufs[i]);
+        free(j.bufs); free(j.starts); free(j.lens); free((void *)j.tab);
+        if (written == -2) return -1;
+        if (written >= 0) return written;
+        /* not smaller: one table instead of contexts, then raw */
+        if (pl->method == 2) { pl->method = 1; quantize_counts(counts, P, pl->freq); }
+        else pl->method = 0;
+    }
+    out[0] = 0;
+    uint64_t len = (uint64_t)n;
+    memcpy(out + 1, &len, 8);
+    memcpy(out + 9, plane, n);
+    return 9 + n;
+}
+
+typedef struct {
+    const uint16_t *src;
+    uint8_t *hi, *lo;
+    Py_ssize_t n, chunk;
+    int rotate, joint;
+    int64_t *hist; /* per chunk: 65536 (joint) or 512 (two planes) counters */
+} prep_job;
+
+static void prep_chunk(void *arg, Py_ssize_t i) {
+    prep_job *j = arg;
+    Py_ssize_t a = i * j->chunk, m = j->n - a < j->chunk ? j->n - a : j->chunk;
+    split16(j->src + a, j->hi + a, j->lo + a, m, j->rotate);
+    int64_t *h = j->hist + i * (j->joint ? 65536 : 512);
+    const uint8_t *hi = j->hi + a, *lo = j->lo + a;
+    if (j->joint) {
+        for (Py_ssize_t q = 0; q < m; q++) h[(hi[q] << 8) | lo[q]]++;
+    } else {
+        for (Py_ssize_t q = 0; q < m; q++) { h[hi[q]]++; h[256 + lo[q]]++; }
+    }
+}
+
+/* ans_encode16(data (2n bytes, 2-aligned), rotate, P, lanes, chunk, contexts, threads)
+ * -> the whole `ans` payload of a 16-bit tensor */
+static PyObject *ans_encode16(PyObject *self, PyObject *args) {
+    Py_buffer b;
+    int rotate, P, lanes, contexts, threads;
+    Py_ssize_t chunk;
+    if (!PyArg_ParseTuple(args, "y*piinpi", &b, &rotate, &P, &lanes, &chunk, &contexts, &threads)) return NULL;
+    Py_ssize_t n = b.len / 2;
+    if (!PyBuffer_IsContiguous(&b, 'C') || b.len % 2 || ((uintptr_t)b.buf & 1) || P < 8 || P > MAX_P ||
+        lanes < 0 || lanes > MAX_LANES || chunk < 1 || threads < 1) {
+        PyBuffer_Release(&b);
+        PyErr_SetString(PyExc_ValueError, "ans_encode16: bad arguments");
+        return NULL;
+    }
+    Py_ssize_t nchunks = (n + chunk - 1) / chunk, total = -1;
+    int use_joint = contexts && n >= CONTEXT_MIN;
+    uint8_t *planes = malloc(2 * n + 1), *out = malloc(2 * n + 64);
+    int64_t *hist = calloc((nchunks ? nchunks : 1) * (use_joint ? 65536 : 512), sizeof(int64_t));
+    plane_plan *pl = malloc(2 * sizeof(plane_plan));
+    Py_BEGIN_ALLOW_THREADS
+    if (planes && out && hist && pl) {
+        prep_job pj = {b.buf, planes, planes + n, n, chunk, rotate, use_joint, hist};
+        parallel_for(threads, nchunks, prep_chunk, &pj);
+        int64_t *joint = NULL, top[256] = {0}, low[256] = {0};
+        if (use_joint) {
+            joint = hist;
+            for (Py_ssize_t i = 1; i < nchunks; i++)
+                for (int q = 0; q < 65536; q++) joint[q] += hist[i * 65536 + q];
+            for (int v = 0; v < 256; v++)
+                for (int s = 0; s < 256; s++) { top[v] += joint[256 * v + s]; low[s] += joint[256 * v + s]; }
+        } else {
+            for (Py_ssize_t i = 0; i < nchunks; i++)
+                for (int s = 0; s < 256; s++) { top[s] += hist[i * 512 + s]; low[s] += hist[i * 512 + 256 + s]; }
+        }
+        plan_plane(top, NULL, n, nchunks, P, lanes, &pl[0]);
+        plan_plane(low, joint, n, nchunks, P, lanes, &pl[1]);
+        Py_ssize_t a = write_plane(planes, NULL, n, chunk, P, &pl[0], top, threads, out);
+        Py_ssize_t c = a < 0 ? -1 : write_plane(planes + n, planes, n, chunk, P, &pl[1], low, threads, out + a);
+        if (a >= 0 && c >= 0) total = a + c;
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&b);
+    PyObject *res = total >= 0 ? PyBytes_FromStringAndSize((const char *)out, total) : PyErr_NoMemory();
+    free(planes); free(out); free(hist); free(pl);
+    return res;
 }
 
 /* joint_histogram(a u8[n], b u8[n], counts u64[65536]): counts[a << 8 | b] += 1.
@@ -1037,6 +1374,7 @@ static PyMethodDef methods[] = {
     {"rans_encode", rans_encode, METH_VARARGS, "rans_encode(sym, freq, P, lanes, dst[, top, ctxmap]) -> start"},
     {"rans_decode", rans_decode, METH_VARARGS, "rans_decode(src, freq, P, lanes, dst[, top, ctxmap[, other, sym_high, rotate]]) -> consumed"},
     {"ans_decode16", ans_decode16, METH_VARARGS, "ans_decode16(payload, chunk, P, rotate, out, scratch) -> 0/-1/-2"},
+    {"ans_encode16", ans_encode16, METH_VARARGS, "ans_encode16(data, rotate, P, lanes, chunk, contexts, threads) -> payload"},
     {"joint_histogram", joint_histogram, METH_VARARGS, "joint_histogram(a, b, counts_u64_65536)"},
     {"bf16_split", bf16_split, METH_VARARGS, "bf16_split(src, exp, sign_mantissa)"},
     {"huff_encode", huff_encode, METH_VARARGS, "huff_encode(exp, code, length, block, dst, offsets) -> nbits"},
