@@ -9,7 +9,8 @@ from hypothesis.extra import numpy as hnp
 
 from helpers import FLOAT_DTYPES, INT_DTYPES, check_roundtrip, same_bits, special_values
 from nzip import codecs
-from nzip.errors import BadParameterError, UnknownCodecError, UnsupportedDtypeError
+from nzip.dtypes import to_bytes
+from nzip.errors import BadParameterError, NzipError, UnknownCodecError, UnsupportedDtypeError
 
 GENERIC = ["raw", "zstd", "planes", "ans"]
 
@@ -192,3 +193,44 @@ def test_results_never_share_memory(codec, dtype):
     first = codecs.decode(fa)
     codecs.decode(fb)
     assert same_bits(first, a)
+
+
+@pytest.mark.parametrize("codec", GENERIC + ["dfloat11"])
+def test_decode_into_preallocated_buffers(codec):
+    w = (torch.randn(3, 50_001, generator=torch.Generator().manual_seed(4)) * 0.02).to(torch.bfloat16)
+    frame = codecs.encode(w, codec)
+    arena = torch.empty(2 * w.numel() + 8, dtype=torch.bfloat16)
+    out = arena[3 : 3 + w.numel()].view(w.shape)
+    assert codecs.decode(frame, out=out) is out
+    assert torch.equal(out.view(torch.int16), w.view(torch.int16))
+    as_bytes = np.empty(w.numel() * 2, np.uint8)
+    codecs.decode(frame, out=as_bytes)
+    assert as_bytes.tobytes() == w.view(torch.uint8).numpy().tobytes()
+    with pytest.raises(BadParameterError, match="bytes"):
+        codecs.decode(frame, out=np.empty(10, np.uint8))
+    with pytest.raises(BadParameterError, match="contiguous"):
+        codecs.decode(frame, out=np.empty((w.numel(), 2), np.uint8)[:, :1])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_decode_many_matches_decode(threads):
+    g = torch.Generator().manual_seed(5)
+    objs = [(torch.randn(n, generator=g) * 0.02).to(torch.bfloat16) for n in (0, 1, 384, 70_000, 300_000)]
+    objs += [torch.randn(33, 7, generator=g), torch.arange(1000), np.arange(50, dtype=np.int16),
+             (torch.randn(5000, generator=g)).to(torch.bfloat16)[::3]]
+    frames = [codecs.encode(o, c) for o in objs for c in ("ans", "zstd", "planes")]
+    expected = [o for o in objs for _ in range(3)]
+    for got, want in zip(codecs.decode_many(frames, threads=threads), expected):
+        assert same_bits(got, want if isinstance(want, np.ndarray) else want.contiguous())
+    outs = [np.empty(to_bytes(o)[0].size, np.uint8) for o in expected]
+    assert codecs.decode_many(frames, out=outs, threads=threads) == outs
+    assert all(a.tobytes() == to_bytes(o)[0].tobytes() for a, o in zip(outs, expected))
+
+
+def test_decode_many_rejects_corrupt_payloads():
+    from tests_support import reseal
+
+    frames = [codecs.encode((torch.randn(20_000) * 0.02).to(torch.bfloat16), "ans") for _ in range(3)]
+    bad = reseal(frames[1], lambda p: p[:200] + bytes(40) + p[240:])  # inside the exponent stream
+    with pytest.raises(NzipError):
+        codecs.decode_many([frames[0], bad, frames[2]])

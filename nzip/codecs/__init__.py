@@ -6,7 +6,7 @@
 """
 
 from . import ans, dfloat11, planes, raw, zstd  # noqa: F401  (registers the built-in codecs)
-from .api import decode, encode
+from .api import decode, decode_many, encode
 from .registry import Codec, available, get, register
 
-__all__ = ["Codec", "available", "decode", "encode", "get", "register"]
+__all__ = ["Codec", "available", "decode", "decode_many", "encode", "get", "register"]

@@ -102,12 +102,12 @@ class Ans(Codec):
         return [part for k in range(word) for part in self._encode_plane(planes[k * n : (k + 1) * n], threads)]
 
     # -- decoding -----------------------------------------------------------------------
-    def decode_payload(self, payload, dtype, count, threads):
+    def decode_payload(self, payload, dtype, count, threads, out=None):
         word = word_size(dtype)
         n = count * dtype.itemsize // word
         if word == 2:
             # the whole tensor in one compiled call, its chunks on `threads` threads
-            out = np.empty(2 * n, np.uint8)
+            out = np.empty(2 * n, np.uint8) if out is None else out
             rc = _entropy.ans_decode16(payload, self.chunk, self.precision, dtype.is_float, out, scratch(n), threads)
             if rc == -2:
                 raise MemoryError("ans: out of memory")
@@ -121,10 +121,33 @@ class Ans(Codec):
             sections.append((method, r.take(r.u64())))
         r.done()
         # the planes are a temporary, except for one-byte types where they are the output
-        planes = scratch(n * word) if word > 1 else np.empty(n, np.uint8)
+        if word > 1:
+            planes = scratch(n * word)
+        else:
+            planes = np.empty(n, np.uint8) if out is None else out
         for k, (method, body) in enumerate(sections):
             self._decode_plane(method, body, planes[k * n : (k + 1) * n], threads)
-        return join(planes, dtype)
+        return planes if word == 1 else join(planes, dtype, out)
+
+    def decode_payloads(self, jobs: list, threads: int) -> None:
+        """16-bit payloads go through one compiled batch call (threads across tensors); a
+        tensor bigger than a thread's share is decoded alone with every thread in it."""
+        wide = [j for j in jobs if word_size(j[1]) != 2]
+        narrow = [j for j in jobs if word_size(j[1]) == 2]
+        share = sum(len(j[0]) for j in jobs) / max(1, threads)
+        big = [j for j in narrow if len(j[0]) > share]
+        small = sorted((j for j in narrow if len(j[0]) <= share), key=lambda j: -len(j[0]))
+        for payload, dtype, count, out in big:
+            self.decode_payload(payload, dtype, count, threads, out=out)
+        if small:
+            rcs = _entropy.ans_decode16_batch([(p, out, self.chunk, self.precision, d.is_float) for p, d, c, out in small],
+                                              threads)
+            if -2 in rcs:
+                raise MemoryError("ans: out of memory")
+            if any(rcs):
+                raise CorruptDataError("ans: payload is corrupt")
+        if wide:
+            super().decode_payloads(wide, threads)
 
     def _decode_plane(self, method: int, body: memoryview, out: np.ndarray, threads: int) -> None:
         n = out.size

@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 
-from ..dtypes import DType, dtype_from_name, from_bytes, to_bytes
-from ..errors import CorruptDataError, FormatError, NzipError
+from ..dtypes import DType, dtype_from_name, from_bytes, is_torch, to_bytes
+from ..errors import BadParameterError, CorruptDataError, FormatError, NzipError
 from ..formats import frame as frame_format
 from ..formats.checksum import xxh3
 from .registry import Codec, get, resolve_threads
@@ -53,7 +53,8 @@ def check_shape(dtype_name, shape) -> tuple[DType, tuple[int, ...], int]:
     return dtype, tuple(shape), count
 
 
-def decode_raw(codec: Codec, payload, dtype: DType, count: int, threads: int, raw_hash: str | None) -> np.ndarray:
+def decode_raw(codec: Codec, payload, dtype: DType, count: int, threads: int, raw_hash: str | None,
+               out: np.ndarray | None = None) -> np.ndarray:
     """Run a codec's decoder; with raw_hash, also check that it produced exactly the bytes
     that were encoded (verification does; plain decoding relies on the payload checksum,
     which has already been checked, and saves a pass over the output)."""
@@ -61,7 +62,14 @@ def decode_raw(codec: Codec, payload, dtype: DType, count: int, threads: int, ra
     if count * dtype.itemsize > len(payload) * codec.max_expansion + (1 << 20):
         raise CorruptDataError(f"{codec.codec_id}: a payload of {len(payload)} bytes cannot hold "
                                f"{count * dtype.itemsize} bytes: the header is corrupt")
-    raw = codec.decode_payload(memoryview(payload).cast("B"), dtype, count, resolve_threads(threads))
+    payload = memoryview(payload).cast("B")
+    if out is not None and not codec.accepts_out:
+        out[:] = codec.decode_payload(payload, dtype, count, resolve_threads(threads))
+        raw = out
+    elif out is not None:
+        raw = codec.decode_payload(payload, dtype, count, resolve_threads(threads), out=out)
+    else:
+        raw = codec.decode_payload(payload, dtype, count, resolve_threads(threads))
     if raw.dtype != np.uint8 or raw.size != count * dtype.itemsize:
         raise CorruptDataError(f"{codec.codec_id}: decoded {raw.size} bytes, expected {count * dtype.itemsize}")
     if raw_hash is not None and f"{xxh3(raw):016x}" != raw_hash:
@@ -69,11 +77,81 @@ def decode_raw(codec: Codec, payload, dtype: DType, count: int, threads: int, ra
     return raw
 
 
-def decode(frame, device=None, threads: int = 0, verify: bool = False):
+def decode_jobs(jobs: list, threads: int) -> None:
+    """Decode (codec, payload, dtype, count, out) jobs, grouping them by codec so that each
+    codec's batch path (Codec.decode_payloads) sees all of its payloads at once."""
+    groups: dict[int, tuple] = {}
+    for codec, payload, dtype, count, out in jobs:
+        codec.check_dtype(dtype)
+        if count * dtype.itemsize > len(payload) * codec.max_expansion + (1 << 20):
+            raise CorruptDataError(f"{codec.codec_id}: a payload of {len(payload)} bytes cannot hold "
+                                   f"{count * dtype.itemsize} bytes: the header is corrupt")
+        groups.setdefault(id(codec), (codec, []))[1].append((memoryview(payload).cast("B"), dtype, count, out))
+    threads = resolve_threads(threads)
+    for codec, group in groups.values():
+        codec.decode_payloads(group, threads)
+
+
+def decode_many(frames, out=None, threads: int = 0) -> list:
+    """Decode many frames at once (a whole model): faster than one decode() per frame,
+    because codecs decode their payloads in one batch across threads. out: optionally one
+    preallocated buffer per frame (as for decode); otherwise the results are views of one
+    freshly allocated buffer."""
+    parsed = []
+    for frame in frames:
+        header, payload = frame_format.unpack(frame)
+        dtype, shape, count = check_shape(header.get("dtype"), header.get("shape"))
+        if header.get("kind") not in ("torch", "numpy") or not isinstance(header.get("codec"), dict):
+            raise FormatError("frame header has no codec config or an unknown kind")
+        parsed.append((header, payload, dtype, shape, count))
+    if out is None:
+        sizes = [p[4] * p[2].itemsize for p in parsed]
+        arena = np.empty(sum(sizes) + 64 * len(sizes), np.uint8)
+        bufs, pos = [], 0
+        for size in sizes:
+            bufs.append(arena[pos : pos + size])
+            pos += size + (-size % 64)
+    else:
+        if len(out) != len(parsed):
+            raise BadParameterError("decode_many: one out buffer per frame")
+        bufs = [_out_bytes(o, p[4] * p[2].itemsize) for o, p in zip(out, parsed)]
+    decode_jobs([(get(h["codec"]), payload, dtype, count, buf)
+                 for (h, payload, dtype, shape, count), buf in zip(parsed, bufs)], threads)
+    if out is not None:
+        return list(out)
+    return [from_bytes(buf, dtype, shape, h["kind"]) for (h, _, dtype, shape, _), buf in zip(parsed, bufs)]
+
+
+def _out_bytes(out, nbytes: int) -> np.ndarray:
+    """A flat uint8 view of a caller's output buffer (numpy array or CPU torch tensor)."""
+    if is_torch(out):
+        if out.device.type != "cpu" or not out.is_contiguous():
+            raise BadParameterError("out must be a contiguous CPU tensor")
+        flat = out.reshape(-1).view(torch_uint8()) if out.numel() else out.reshape(-1)
+        arr = flat.numpy()
+    elif isinstance(out, np.ndarray):
+        if not out.flags.c_contiguous or not out.flags.writeable:
+            raise BadParameterError("out must be a writeable C-contiguous array")
+        arr = out.reshape(-1).view(np.uint8)
+    else:
+        raise BadParameterError("out must be a numpy array or a torch tensor")
+    if arr.nbytes != nbytes:
+        raise BadParameterError(f"out holds {arr.nbytes} bytes, the frame decodes to {nbytes}")
+    return arr
+
+
+def torch_uint8():
+    import torch
+
+    return torch.uint8
+
+
+def decode(frame, device=None, threads: int = 0, verify: bool = False, out=None):
     """Decode a frame from `encode`: returns the same kind (numpy/torch), dtype, shape and
     bits. device (torch only) moves the result, e.g. device="cuda". The frame's checksum
     is always checked; verify=True also checks the decoded bytes against the checksum of
-    the original taken at encode time."""
+    the original taken at encode time. With out= (a numpy array or CPU tensor of the right
+    size in bytes, any dtype), the data is decoded into it and out is returned."""
     header, payload = frame_format.unpack(frame)
     dtype, shape, count = check_shape(header.get("dtype"), header.get("shape"))
     kind = header.get("kind")
@@ -83,5 +161,9 @@ def decode(frame, device=None, threads: int = 0, verify: bool = False):
     if not isinstance(config, dict):
         raise FormatError("frame header has no codec config")
     codec = get(config)
+    if out is not None:
+        decode_raw(codec, payload, dtype, count, threads, header.get("raw_xxh3") if verify else None,
+                   out=_out_bytes(out, count * dtype.itemsize))
+        return out
     raw = decode_raw(codec, payload, dtype, count, threads, header.get("raw_xxh3") if verify else None)
     return from_bytes(raw, dtype, shape, kind, device=device)

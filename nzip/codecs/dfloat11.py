@@ -60,7 +60,7 @@ class DFloat11(Codec):
             sm.tobytes(),
         ])
 
-    def decode_payload(self, payload, dtype, count, threads):
+    def decode_payload(self, payload, dtype, count, threads, out=None):
         r = Reader(payload, "dfloat11")
         present = np.unpackbits(r.array("u1", 32)).astype(bool)
         lengths = np.zeros(256, np.uint8)
@@ -73,7 +73,7 @@ class DFloat11(Codec):
         stream = r.take(-(-nbits // 8) + PAD)
         sm = r.take(count)
         r.done()
-        out = np.empty(2 * count, np.uint8)
+        out = np.empty(2 * count, np.uint8) if out is None else out
         if count == 0:
             return out
         huffman.check_lengths(lengths, self.code_length_limit)

@@ -44,12 +44,15 @@ def split(data: np.ndarray, dtype, out: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
-def join(planes: np.ndarray, dtype) -> np.ndarray:
-    """Inverse of split, into a new array (for one-byte types: planes itself)."""
+def join(planes: np.ndarray, dtype, out: np.ndarray | None = None) -> np.ndarray:
+    """Inverse of split, into out or a new array (for one-byte types without out: planes)."""
     word = word_size(dtype)
     if word == 1:
-        return planes
-    out = np.empty_like(planes)
+        if out is None:
+            return planes
+        out[:] = planes
+        return out
+    out = np.empty_like(planes) if out is None else out
     _entropy.planes_join(planes, out, word, dtype.is_float)
     return out
 
@@ -123,7 +126,7 @@ class Planes(Codec):
         sizes = np.array([len(c) for c in chunks], "<u8").tobytes()
         return b"".join([sizes, *chunks])
 
-    def decode_payload(self, payload, dtype, count, threads):
+    def decode_payload(self, payload, dtype, count, threads, out=None):
         word = word_size(dtype)
         n = count * dtype.itemsize // word
         spans = self._chunks(n)
@@ -132,7 +135,7 @@ class Planes(Codec):
         if int(sizes.sum()) != len(payload) - r.pos:
             raise CorruptDataError("planes: chunk sizes do not add up to the payload")
         starts = r.pos + np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-        out = np.empty(count * dtype.itemsize, np.uint8)
+        out = np.empty(count * dtype.itemsize, np.uint8) if out is None else out
 
         def decode_chunk(i):
             a, b = spans[i]

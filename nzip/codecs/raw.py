@@ -16,7 +16,10 @@ class Raw(Codec):
     def encode_payload(self, data, dtype, threads):
         return data.tobytes()
 
-    def decode_payload(self, payload, dtype, count, threads):
+    def decode_payload(self, payload, dtype, count, threads, out=None):
         if len(payload) != count * dtype.itemsize:
             raise CorruptDataError(f"raw: payload has {len(payload)} bytes, expected {count * dtype.itemsize}")
-        return np.frombuffer(payload, np.uint8).copy()
+        if out is None:
+            return np.frombuffer(payload, np.uint8).copy()
+        out[:] = np.frombuffer(payload, np.uint8)
+        return out

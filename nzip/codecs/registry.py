@@ -41,6 +41,8 @@ class Codec:
     # the most decoded bytes one payload byte can legitimately become: decoders refuse
     # headers that promise more, before allocating anything
     max_expansion: ClassVar[int] = 1 << 17
+    # whether decode_payload takes `out` (every built-in codec does)
+    accepts_out: ClassVar[bool] = True
 
     def __init__(self, **params: Any) -> None:
         unknown = set(params) - set(self.params)
@@ -107,10 +109,29 @@ class Codec:
         or a list of bytes-like parts to be concatenated (saves copying large payloads)."""
         raise NotImplementedError
 
-    def decode_payload(self, payload: memoryview, dtype: DType, count: int, threads: int) -> np.ndarray:
-        """Return a new flat uint8 array of count * dtype.itemsize bytes. Must raise
-        CorruptDataError (never allocate absurdly, never read out of bounds) on bad input."""
+    def decode_payload(self, payload: memoryview, dtype: DType, count: int, threads: int,
+                       out: np.ndarray | None = None) -> np.ndarray:
+        """Return a flat uint8 array of count * dtype.itemsize bytes: `out` when given (a
+        preallocated buffer of that size to decode into), else a new one. Must raise
+        CorruptDataError (never allocate absurdly, never read out of bounds) on bad input.
+        Third-party codecs may omit `out` (set accepts_out = False); nzip then copies."""
         raise NotImplementedError
+
+
+    def decode_payloads(self, jobs: list, threads: int) -> None:
+        """Decode many payloads of this codec: jobs are (payload, dtype, count, out) with out
+        preallocated. The default spreads decode_payload calls over threads; codecs with a
+        compiled batch path override it."""
+        from ..parallel import pmap_balanced
+
+        def run(job, th):
+            payload, dtype, count, out = job
+            if self.accepts_out:
+                self.decode_payload(payload, dtype, count, th, out=out)
+            else:
+                out[:] = self.decode_payload(payload, dtype, count, th)
+
+        pmap_balanced(run, jobs, threads, cost=lambda j: len(j[0]))
 
 
 _registry: dict[str, type[Codec]] = {}

@@ -19,6 +19,9 @@ class Zstd(Codec):
     def encode_payload(self, data, dtype, threads):
         return zstd.compress(data, self.level, threads)
 
-    def decode_payload(self, payload, dtype, count, threads):
-        out = zstd.decompress(payload, count * dtype.itemsize)
-        return np.frombuffer(out, np.uint8).copy()
+    def decode_payload(self, payload, dtype, count, threads, out=None):
+        raw = np.frombuffer(zstd.decompress(payload, count * dtype.itemsize), np.uint8)
+        if out is None:
+            return raw.copy()
+        out[:] = raw
+        return out

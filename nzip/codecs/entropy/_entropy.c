@@ -831,36 +831,25 @@ static int decode_section(const ans_section *sec, Py_ssize_t n, Py_ssize_t chunk
     return j.failed ? -1 : 0;
 }
 
-/* ans_decode16(payload, chunk, P, rotate, out[2n], scratch[n], threads) -> 0, -1 (corrupt),
- * -2 (memory) */
-static PyObject *ans_decode16(PyObject *self, PyObject *args) {
-    Py_buffer b[3];
-    Py_ssize_t chunk;
-    int P, rotate, threads;
-    if (!PyArg_ParseTuple(args, "y*nipw*w*i", &b[0], &chunk, &P, &rotate, &b[1], &b[2], &threads)) return NULL;
-    Py_ssize_t n = b[1].len / 2;
-    if (get_buffers(b, 3) < 0 || b[1].len % 2 || b[2].len != n || chunk < 1 || P < 1 || P > MAX_P) {
-        release(b, 3);
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "ans_decode16: bad arguments");
-        return NULL;
-    }
+/* Decode a whole 16-bit `ans` payload into out (2n bytes), using tmp (n bytes) for the
+ * first plane: 0, -1 (corrupt) or -2 (out of memory). Runs without the GIL. */
+static int ans16_decode_core(const uint8_t *buf, Py_ssize_t len, Py_ssize_t n, Py_ssize_t chunk, int P, int rotate,
+                             uint8_t *out, uint8_t *tmp, int threads) {
     int rc = 0;
-    Py_BEGIN_ALLOW_THREADS
     Py_ssize_t nchunks = (n + chunk - 1) / chunk;
     ans_section sec[2];
     memset(sec, 0, sizeof sec);
-    cursor r = {b[0].buf, (const uint8_t *)b[0].buf + b[0].len};
+    cursor r = {buf, buf + len};
     for (int k = 0; k < 2 && rc == 0; k++) {
         const uint8_t *m, *body;
-        uint64_t len;
-        if (take(&r, 1, &m) < 0 || read_u64(&r, &len) < 0 || len > (uint64_t)(r.end - r.p) ||
-            take(&r, (Py_ssize_t)len, &body) < 0 || (*m == 2 && k == 0))
+        uint64_t blen;
+        if (take(&r, 1, &m) < 0 || read_u64(&r, &blen) < 0 || blen > (uint64_t)(r.end - r.p) ||
+            take(&r, (Py_ssize_t)blen, &body) < 0 || (*m == 2 && k == 0))
             rc = -1;
         else
-            rc = read_ans_section(body, len, *m, n, nchunks, P, &sec[k]);
+            rc = read_ans_section(body, blen, *m, n, nchunks, P, &sec[k]);
     }
     if (rc == 0 && r.p != r.end) rc = -1;
-    uint8_t *out = b[1].buf, *tmp = b[2].buf;
     if (rc == 0) {
         if (sec[1].method == 2) { /* exponents first: they are the low plane's contexts */
             if (sec[0].method == 0) memcpy(tmp, sec[0].raw, n);
@@ -879,9 +868,78 @@ static PyObject *ans_decode16(PyObject *self, PyObject *args) {
         }
     }
     for (int k = 0; k < 2; k++) { free(sec[k].tab); free(sec[k].sizes); free(sec[k].streams); }
+    return rc;
+}
+
+/* ans_decode16(payload, chunk, P, rotate, out[2n], scratch[n], threads) -> 0, -1 (corrupt),
+ * -2 (memory); the payload's chunks are split between `threads` threads */
+static PyObject *ans_decode16(PyObject *self, PyObject *args) {
+    Py_buffer b[3];
+    Py_ssize_t chunk;
+    int P, rotate, threads;
+    if (!PyArg_ParseTuple(args, "y*nipw*w*i", &b[0], &chunk, &P, &rotate, &b[1], &b[2], &threads)) return NULL;
+    Py_ssize_t n = b[1].len / 2;
+    if (get_buffers(b, 3) < 0 || b[1].len % 2 || b[2].len != n || chunk < 1 || P < 1 || P > MAX_P) {
+        release(b, 3);
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "ans_decode16: bad arguments");
+        return NULL;
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = ans16_decode_core(b[0].buf, b[0].len, n, chunk, P, rotate, b[1].buf, b[2].buf, threads);
     Py_END_ALLOW_THREADS
     release(b, 3);
     return PyLong_FromLong(rc);
+}
+
+typedef struct {
+    Py_buffer payload, out;
+    Py_ssize_t chunk;
+    int P, rotate, rc;
+} batch_job;
+
+static void batch_one(void *arg, Py_ssize_t i) {
+    batch_job *j = (batch_job *)arg + i;
+    Py_ssize_t n = j->out.len / 2;
+    uint8_t *tmp = malloc(n ? n : 1);
+    j->rc = tmp ? ans16_decode_core(j->payload.buf, j->payload.len, n, j->chunk, j->P, j->rotate, j->out.buf, tmp, 1)
+                : -2;
+    free(tmp);
+}
+
+/* ans_decode16_batch([(payload, out, chunk, P, rotate), ...], threads) -> [rc, ...]: many
+ * tensors in one call, spread over `threads` threads (the batched entry point: one GIL
+ * release for a whole model's worth of small tensors) */
+static PyObject *ans_decode16_batch(PyObject *self, PyObject *args) {
+    PyObject *list;
+    int threads;
+    if (!PyArg_ParseTuple(args, "O!i", &PyList_Type, &list, &threads)) return NULL;
+    Py_ssize_t m = PyList_GET_SIZE(list), got = 0;
+    batch_job *jobs = calloc(m ? m : 1, sizeof(batch_job));
+    if (!jobs) return PyErr_NoMemory();
+    int ok = 1;
+    for (; got < m && ok; got++) {
+        batch_job *j = &jobs[got];
+        ok = PyArg_ParseTuple(PyList_GET_ITEM(list, got), "y*w*nip", &j->payload, &j->out, &j->chunk, &j->P, &j->rotate);
+        if (ok && (!PyBuffer_IsContiguous(&j->out, 'C') || j->out.len % 2 || j->chunk < 1 || j->P < 1 || j->P > MAX_P)) {
+            PyBuffer_Release(&j->payload);
+            PyBuffer_Release(&j->out);
+            PyErr_SetString(PyExc_ValueError, "ans_decode16_batch: bad job");
+            ok = 0;
+        }
+    }
+    if (!ok) got--; /* the failed job released (or never took) its buffers */
+    PyObject *res = NULL;
+    if (ok) {
+        Py_BEGIN_ALLOW_THREADS
+        parallel_for(threads, m, batch_one, jobs);
+        Py_END_ALLOW_THREADS
+        res = PyList_New(m);
+        for (Py_ssize_t i = 0; res && i < m; i++) PyList_SET_ITEM(res, i, PyLong_FromLong(jobs[i].rc));
+    }
+    for (Py_ssize_t i = 0; i < got; i++) { PyBuffer_Release(&jobs[i].payload); PyBuffer_Release(&jobs[i].out); }
+    free(jobs);
+    return res;
 }
 
 /* ------------------------------------------------------- whole `ans` payloads: encoding
@@ -1374,6 +1432,7 @@ static PyMethodDef methods[] = {
     {"rans_encode", rans_encode, METH_VARARGS, "rans_encode(sym, freq, P, lanes, dst[, top, ctxmap]) -> start"},
     {"rans_decode", rans_decode, METH_VARARGS, "rans_decode(src, freq, P, lanes, dst[, top, ctxmap[, other, sym_high, rotate]]) -> consumed"},
     {"ans_decode16", ans_decode16, METH_VARARGS, "ans_decode16(payload, chunk, P, rotate, out, scratch) -> 0/-1/-2"},
+    {"ans_decode16_batch", ans_decode16_batch, METH_VARARGS, "ans_decode16_batch(jobs, threads) -> [rc]"},
     {"ans_encode16", ans_encode16, METH_VARARGS, "ans_encode16(data, rotate, P, lanes, chunk, contexts, threads) -> payload"},
     {"joint_histogram", joint_histogram, METH_VARARGS, "joint_histogram(a, b, counts_u64_65536)"},
     {"bf16_split", bf16_split, METH_VARARGS, "bf16_split(src, exp, sign_mantissa)"},
