@@ -234,3 +234,27 @@ def test_decode_many_rejects_corrupt_payloads():
     bad = reseal(frames[1], lambda p: p[:200] + bytes(40) + p[240:])  # inside the exponent stream
     with pytest.raises(NzipError):
         codecs.decode_many([frames[0], bad, frames[2]])
+
+
+def test_huffman_codes_are_canonical_and_length_limited():
+    from nzip.codecs.entropy import huffman
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        counts = np.zeros(256, np.int64)
+        idx = rng.choice(256, int(rng.integers(1, 256)), replace=False)
+        counts[idx] = rng.geometric(0.01, idx.size) ** rng.integers(1, 4)
+        limit = int(rng.integers(8, 17))
+        lengths = huffman.code_lengths(counts, limit)
+        used = lengths[lengths > 0].astype(np.int64)
+        assert (lengths > 0).sum() == (counts > 0).sum() and used.max() <= limit
+        assert np.sum(2.0 ** -used) <= 1.0  # a prefix code
+        codes = huffman.canonical_codes(lengths)
+        # canonical: in (length, symbol) order, each code is the previous one plus one,
+        # shifted left by the growth in length
+        order = sorted(np.flatnonzero(lengths), key=lambda s: (lengths[s], s))
+        code, prev = 0, int(lengths[order[0]])
+        for s in order:
+            code <<= int(lengths[s]) - prev
+            assert codes[s] == code
+            code, prev = code + 1, int(lengths[s])

@@ -3,8 +3,9 @@
 bf16 = sign | exponent (8 bits) | mantissa (7 bits). The exponent goes through a canonical
 Huffman code of at most `code_length_limit` bits; sign and mantissa are kept as one raw
 byte (sign << 7 | mantissa). The exponent bit stream is cut into blocks of `block`
-elements whose starting bit positions are stored, so every block decodes on its own: on
-CPU threads here, on GPU threads in nzip's CUDA decoder, which reads this same layout.
+elements whose bit lengths are stored, so every block decodes on its own: on CPU threads
+here (_entropy.dfloat11_decode parses and checks the payload and decodes in one call), on
+GPU threads in nzip's CUDA decoder, which reads this same layout.
 
 Payload (all little-endian):
     32 bytes   bitmap of the exponent values present (MSB-first, numpy.packbits order)
@@ -20,9 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import CorruptDataError
-from ..parallel import pmap
 from .entropy import _entropy, huffman, rans
-from .payload import Reader
 from .registry import Codec, register
 
 PAD = 8
@@ -61,30 +60,26 @@ class DFloat11(Codec):
         ])
 
     def decode_payload(self, payload, dtype, count, threads, out=None):
-        r = Reader(payload, "dfloat11")
-        present = np.unpackbits(r.array("u1", 32)).astype(bool)
-        lengths = np.zeros(256, np.uint8)
-        lengths[present] = r.array("u1", int(present.sum()))
-        nblocks = -(-count // self.block)
-        block_bits = r.array("<u2", nblocks).astype(np.uint64)
-        offsets = np.concatenate([[0], np.cumsum(block_bits)]).astype(np.uint64)
-        nbits = int(offsets[-1])
-        offsets = offsets[:-1]
-        stream = r.take(-(-nbits // 8) + PAD)
-        sm = r.take(count)
-        r.done()
         out = np.empty(2 * count, np.uint8) if out is None else out
-        if count == 0:
-            return out
-        huffman.check_lengths(lengths, self.code_length_limit)
-        lut, max_len = huffman.decode_table(lengths)
-        # blocks are split evenly between threads; each range is checked inside the C loop
-        per = -(-nblocks // max(1, threads))
-        ranges = [(a, min(a + per, nblocks)) for a in range(0, nblocks, per)]
-
-        def run(span):
-            return _entropy.huff_decode_bf16(stream, lut, max_len, offsets, nbits, self.block, sm, out, *span)
-
-        if any(rc != 0 for rc in pmap(run, ranges, threads)):
-            raise CorruptDataError("dfloat11: exponent stream is corrupt")
+        self._check(_entropy.dfloat11_decode(payload, self.block, self.code_length_limit, out, threads))
         return out
+
+    def decode_payloads(self, jobs: list, threads: int) -> None:
+        """Small tensors in one compiled batch across threads; a tensor bigger than a
+        thread's share alone, its blocks split between every thread."""
+        share = sum(len(j[0]) for j in jobs) / max(1, threads)
+        for payload, dtype, count, out in (j for j in jobs if len(j[0]) > share):
+            self.decode_payload(payload, dtype, count, threads, out=out)
+        small = sorted((j for j in jobs if len(j[0]) <= share), key=lambda j: -len(j[0]))
+        if small:
+            rcs = _entropy.dfloat11_decode_batch([(p, out, self.block, self.code_length_limit) for p, d, c, out in small],
+                                                 threads)
+            for rc in rcs:
+                self._check(rc)
+
+    @staticmethod
+    def _check(rc: int) -> None:
+        if rc == -2:
+            raise MemoryError("dfloat11: out of memory")
+        if rc != 0:
+            raise CorruptDataError("dfloat11: payload is corrupt")

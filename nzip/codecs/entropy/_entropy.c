@@ -1327,11 +1327,6 @@ static PyObject *huff_encode(PyObject *self, PyObject *args) {
     return PyLong_FromUnsignedLongLong(total);
 }
 
-/* huff_decode_bf16(stream, lut u16[2^maxlen], maxlen, offsets u64, nbits, block, sm u8,
- * dst (bf16 bytes), first_block, last_block) -> 0, or -1 if the stream is corrupt.
- * lut[prefix] = length << 8 | symbol (length 0: no code has this prefix). The stream must
- * be followed by 8 readable bytes (the format pads it). Eight blocks decode in lockstep so
- * that their dependency chains overlap. */
 /* lut32[prefix] = length << 16 | exponent << 7 and smv[byte] = the sign and mantissa
  * bits in place, so an element is one OR. */
 #define HUFF_STEP(pos, outp, k)                                                        \
@@ -1343,36 +1338,16 @@ static PyObject *huff_encode(PyObject *self, PyObject *args) {
         (pos) += e >> 16;                                                              \
     } while (0)
 
-static PyObject *huff_decode_bf16(PyObject *self, PyObject *args) {
-    Py_buffer b[5];
-    int maxlen;
-    unsigned long long nbits;
-    Py_ssize_t block, first, last;
-    if (!PyArg_ParseTuple(args, "y*y*iy*Kny*w*nn", &b[0], &b[1], &maxlen, &b[2], &nbits,
-                          &block, &b[3], &b[4], &first, &last))
-        return NULL;
-    Py_ssize_t n = b[3].len;
-    Py_ssize_t nblocks = block > 0 ? (n + block - 1) / block : -1;
-    if (get_buffers(b, 5) < 0 || maxlen < 1 || maxlen > 16 || b[1].len != (2 << maxlen) ||
-        block < 1 || b[2].len != nblocks * 8 || b[4].len != 2 * n || first < 0 ||
-        last > nblocks || first > last || nbits > (unsigned long long)(b[0].len - 8) * 8 ||
-        b[0].len < 8) {
-        release(b, 5);
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "huff_decode_bf16: bad arguments");
-        return NULL;
-    }
-    const uint8_t *stream = b[0].buf, *sm = b[3].buf;
-    const uint16_t *lut = b[1].buf;
-    const uint64_t *offsets = b[2].buf;
-    uint8_t *dst = b[4].buf;
+/* Decode blocks [first, last) of a bf16 exponent stream; returns 1 if corrupt. lut32 has
+ * 2^maxlen entries (0 = a prefix no code uses); the stream has 8 readable bytes past
+ * nbits. Eight blocks decode in lockstep so that their dependency chains overlap. */
+static int huff_blocks_bf16(const uint8_t *stream, uint64_t nbits, const uint32_t *lut32, int maxlen,
+                            const uint64_t *offsets, Py_ssize_t nblocks, Py_ssize_t block, const uint8_t *sm,
+                            uint8_t *dst, Py_ssize_t n, Py_ssize_t first, Py_ssize_t last) {
     const int shift = 64 - maxlen;
     int bad = 0;
-    Py_BEGIN_ALLOW_THREADS
-    uint32_t *lut32 = malloc(sizeof(uint32_t) << maxlen);
     uint16_t smv[256];
     for (int v = 0; v < 256; v++) smv[v] = (uint16_t)(((v & 0x80) << 8) | (v & 0x7f));
-    bad = lut32 == NULL;
-    for (uint32_t i = 0; !bad && i < (1u << maxlen); i++) lut32[i] = ((uint32_t)(lut[i] >> 8) << 16) | ((lut[i] & 0xff) << 7);
     /* a block may only end where the next begins (or at nbits); offsets are checked first so
      * that no read leaves the stream even on corrupt input: a block of `block` symbols
      * reads at most block * maxlen bits past its start. */
@@ -1404,10 +1379,145 @@ static PyObject *huff_decode_bf16(PyObject *self, PyObject *args) {
         }
         bad |= p != end;
     }
+    return bad;
+}
+
+/* A whole `dfloat11` payload (layout in nzip/codecs/dfloat11.py), parsed and checked here. */
+typedef struct {
+    const uint8_t *stream, *sm;
+    uint64_t nbits;
+    uint64_t *offsets;
+    uint32_t *lut32;
+    int maxlen;
+    Py_ssize_t n, nblocks, block, per;
+    uint8_t *dst;
+    int bad;
+} df11_job;
+
+static void df11_range(void *arg, Py_ssize_t i) {
+    df11_job *j = arg;
+    Py_ssize_t first = i * j->per, last = first + j->per < j->nblocks ? first + j->per : j->nblocks;
+    if (huff_blocks_bf16(j->stream, j->nbits, j->lut32, j->maxlen, j->offsets, j->nblocks, j->block, j->sm, j->dst,
+                         j->n, first, last))
+        __atomic_store_n(&j->bad, 1, __ATOMIC_RELAXED);
+}
+
+static int df11_decode_core(const uint8_t *buf, Py_ssize_t len, Py_ssize_t n, Py_ssize_t block, int limit,
+                            uint8_t *dst, int threads) {
+    cursor r = {buf, buf + len};
+    const uint8_t *bm, *lens, *bits, *stream, *sm;
+    if (take(&r, 32, &bm) < 0) return -1;
+    int k = 0, maxlen = 0;
+    for (int i = 0; i < 32; i++) k += __builtin_popcount(bm[i]);
+    if (take(&r, k, &lens) < 0) return -1;
+    Py_ssize_t nblocks = (n + block - 1) / block;
+    if (take(&r, 2 * nblocks, &bits) < 0) return -1;
+    uint64_t nbits = 0;
+    uint64_t *offsets = malloc(sizeof(uint64_t) * (nblocks ? nblocks : 1));
+    if (!offsets) return -2;
+    for (Py_ssize_t i = 0; i < nblocks; i++) {
+        offsets[i] = nbits;
+        nbits += (uint64_t)(bits[2 * i] | (bits[2 * i + 1] << 8));
+    }
+    if (take(&r, (Py_ssize_t)((nbits + 7) / 8 + 8), &stream) < 0 || take(&r, n, &sm) < 0 || r.p != r.end) {
+        free(offsets);
+        return -1;
+    }
+    if (n == 0) { free(offsets); return 0; }
+    /* symbols present, in canonical order (length, symbol); lengths must form a prefix code */
+    int syms[256], m = 0;
+    uint8_t len_of[256];
+    for (int s = 0; s < 256; s++)
+        if (bm[s >> 3] & (0x80 >> (s & 7))) { len_of[s] = lens[m]; syms[m++] = s; }
+    uint64_t kraft = 0;
+    for (int i = 0; i < m; i++) {
+        int l = len_of[syms[i]];
+        if (l < 1 || l > limit) { free(offsets); return -1; }
+        maxlen = l > maxlen ? l : maxlen;
+    }
+    if (m == 0) { free(offsets); return -1; }
+    for (int i = 0; i < m; i++) kraft += (uint64_t)1 << (limit - len_of[syms[i]]);
+    if (kraft > ((uint64_t)1 << limit)) { free(offsets); return -1; }
+    for (int i = 1; i < m; i++) /* stable insertion sort by length */
+        for (int j = i; j > 0 && len_of[syms[j]] < len_of[syms[j - 1]]; j--) { int t = syms[j]; syms[j] = syms[j - 1]; syms[j - 1] = t; }
+    uint32_t *lut32 = calloc((size_t)1 << maxlen, sizeof(uint32_t));
+    if (!lut32) { free(offsets); return -2; }
+    size_t pos = 0;
+    for (int i = 0; i < m; i++) {
+        int l = len_of[syms[i]];
+        uint32_t e = ((uint32_t)l << 16) | ((uint32_t)syms[i] << 7);
+        for (size_t q = 0; q < ((size_t)1 << (maxlen - l)); q++) lut32[pos++] = e;
+    }
+    int t = threads < 1 ? 1 : threads;
+    Py_ssize_t per = (nblocks + t - 1) / t;
+    df11_job j = {stream, sm, nbits, offsets, lut32, maxlen, n, nblocks, block, per ? per : 1, dst, 0};
+    parallel_for(t, (nblocks + j.per - 1) / j.per, df11_range, &j);
     free(lut32);
+    free(offsets);
+    return j.bad ? -1 : 0;
+}
+
+/* dfloat11_decode(payload, block, limit, out[2n], threads) -> 0, -1 (corrupt), -2 (memory) */
+static PyObject *dfloat11_decode(PyObject *self, PyObject *args) {
+    Py_buffer b[2];
+    Py_ssize_t block;
+    int limit, threads;
+    if (!PyArg_ParseTuple(args, "y*niw*i", &b[0], &block, &limit, &b[1], &threads)) return NULL;
+    if (get_buffers(b, 2) < 0 || b[1].len % 2 || block < 1 || limit < 1 || limit > 16) {
+        release(b, 2);
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "dfloat11_decode: bad arguments");
+        return NULL;
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = df11_decode_core(b[0].buf, b[0].len, b[1].len / 2, block, limit, b[1].buf, threads);
     Py_END_ALLOW_THREADS
-    release(b, 5);
-    return PyLong_FromLong(bad ? -1 : 0);
+    release(b, 2);
+    return PyLong_FromLong(rc);
+}
+
+typedef struct {
+    Py_buffer payload, out;
+    Py_ssize_t block;
+    int limit, rc;
+} df11_batch_job;
+
+static void df11_batch_one(void *arg, Py_ssize_t i) {
+    df11_batch_job *j = (df11_batch_job *)arg + i;
+    j->rc = df11_decode_core(j->payload.buf, j->payload.len, j->out.len / 2, j->block, j->limit, j->out.buf, 1);
+}
+
+/* dfloat11_decode_batch([(payload, out, block, limit), ...], threads) -> [rc, ...] */
+static PyObject *dfloat11_decode_batch(PyObject *self, PyObject *args) {
+    PyObject *list;
+    int threads;
+    if (!PyArg_ParseTuple(args, "O!i", &PyList_Type, &list, &threads)) return NULL;
+    Py_ssize_t m = PyList_GET_SIZE(list), got = 0;
+    df11_batch_job *jobs = calloc(m ? m : 1, sizeof(df11_batch_job));
+    if (!jobs) return PyErr_NoMemory();
+    int ok = 1;
+    for (; got < m && ok; got++) {
+        df11_batch_job *j = &jobs[got];
+        ok = PyArg_ParseTuple(PyList_GET_ITEM(list, got), "y*w*ni", &j->payload, &j->out, &j->block, &j->limit);
+        if (ok && (!PyBuffer_IsContiguous(&j->out, 'C') || j->out.len % 2 || j->block < 1 || j->limit < 1 || j->limit > 16)) {
+            PyBuffer_Release(&j->payload);
+            PyBuffer_Release(&j->out);
+            PyErr_SetString(PyExc_ValueError, "dfloat11_decode_batch: bad job");
+            ok = 0;
+        }
+    }
+    if (!ok) got--;
+    PyObject *res = NULL;
+    if (ok) {
+        Py_BEGIN_ALLOW_THREADS
+        parallel_for(threads, m, df11_batch_one, jobs);
+        Py_END_ALLOW_THREADS
+        res = PyList_New(m);
+        for (Py_ssize_t i = 0; res && i < m; i++) PyList_SET_ITEM(res, i, PyLong_FromLong(jobs[i].rc));
+    }
+    for (Py_ssize_t i = 0; i < got; i++) { PyBuffer_Release(&jobs[i].payload); PyBuffer_Release(&jobs[i].out); }
+    free(jobs);
+    return res;
 }
 
 /* set_simd(flag) -> whether SIMD is now in use (tests run both paths) */
@@ -1437,7 +1547,8 @@ static PyMethodDef methods[] = {
     {"joint_histogram", joint_histogram, METH_VARARGS, "joint_histogram(a, b, counts_u64_65536)"},
     {"bf16_split", bf16_split, METH_VARARGS, "bf16_split(src, exp, sign_mantissa)"},
     {"huff_encode", huff_encode, METH_VARARGS, "huff_encode(exp, code, length, block, dst, offsets) -> nbits"},
-    {"huff_decode_bf16", huff_decode_bf16, METH_VARARGS, "huff_decode_bf16(...) -> 0 or -1"},
+    {"dfloat11_decode", dfloat11_decode, METH_VARARGS, "dfloat11_decode(payload, block, limit, out, threads) -> 0/-1/-2"},
+    {"dfloat11_decode_batch", dfloat11_decode_batch, METH_VARARGS, "dfloat11_decode_batch(jobs, threads) -> [rc]"},
     {NULL, NULL, 0, NULL},
 };
 

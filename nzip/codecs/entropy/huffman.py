@@ -1,8 +1,8 @@
 """Length-limited canonical Huffman codes over bytes, and their decode tables.
 
 Canonical: codes are assigned in order of (length, symbol), so the 256 code lengths are
-the whole table. Decoding looks the next `max_len` bits up in a table of 2**max_len
-entries, each `length << 8 | symbol` (length 0 marks a prefix no code uses).
+the whole table; decoders rebuild the codes from them (the compiled decoder in
+_entropy.c fills its lookup table in that same order).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import heapq
 
 import numpy as np
 
-from ...errors import CorruptDataError
 
 
 def code_lengths(counts: np.ndarray, limit: int) -> np.ndarray:
@@ -85,26 +84,3 @@ def canonical_codes(lengths: np.ndarray) -> np.ndarray:
     starts = np.concatenate([[0], np.cumsum(space)[:-1]])
     codes[order] = (starts >> (max_len - lens)).astype(np.uint32)
     return codes
-
-
-def check_lengths(lengths: np.ndarray, limit: int) -> None:
-    """Reject code lengths that are not a prefix code (corrupt tables)."""
-    used = lengths[lengths > 0].astype(np.int64)
-    if used.size == 0 or used.max() > limit:
-        raise CorruptDataError("Huffman table is empty or has codes longer than its limit")
-    if np.sum(2.0 ** (-used)) > 1.0:
-        raise CorruptDataError("Huffman table violates the Kraft inequality")
-
-
-def decode_table(lengths: np.ndarray, codes: np.ndarray | None = None) -> tuple[np.ndarray, int]:
-    """(lut uint16[2**max_len], max_len). Canonical codes cover the table in (length,
-    symbol) order without gaps, so the table is each entry repeated over its code's span
-    (the rest, unused by an incomplete code, stays 0 = invalid)."""
-    order = _canonical_order(lengths)
-    max_len = int(lengths.max())
-    lens = lengths[order].astype(np.int64)
-    entries = ((lens << 8) | order).astype(np.uint16)
-    filled = np.repeat(entries, np.int64(1) << (max_len - lens))
-    lut = np.zeros(1 << max_len, np.uint16)
-    lut[: filled.size] = filled
-    return lut, max_len
