@@ -36,12 +36,17 @@ def test_bf16_weights_and_every_exponent(codec, threads):
         check_roundtrip(t, codec, threads=threads)
 
 
-@pytest.mark.parametrize("codec", ["planes", "ans", "dfloat11"])
-def test_small_chunks_and_blocks_cross_boundaries(codec):
-    params = {"planes": {"chunk": 1024}, "ans": {"chunk": 1024, "lanes": 5},
-              "dfloat11": {"block": 32, "code_length_limit": 9}}[codec]
-    t = (torch.randn(10_001, generator=torch.Generator().manual_seed(2)) * 3).to(torch.bfloat16)
-    check_roundtrip(t, codec, threads=2, **params)
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("codec,params", [
+    ("planes", {"chunk": 1024}), ("ans", {"chunk": 1024, "lanes": 5}), ("ans", {"chunk": 1024, "lanes": 64}),
+    ("ans", {"chunk": 20_000}), ("dfloat11", {"block": 32, "code_length_limit": 9})])
+def test_small_chunks_and_blocks_cross_boundaries(codec, params, threads):
+    # threads=1 decodes 16-bit ans in place (the first plane in the output's upper half)
+    g = torch.Generator().manual_seed(2)
+    for t in ((torch.randn(100_001, generator=g) * 3).to(torch.bfloat16),
+              (torch.randn(100_001, generator=g) * 0.02).to(torch.bfloat16), torch.randn(30_001, generator=g).half()):
+        if codec != "dfloat11" or t.dtype == torch.bfloat16:
+            check_roundtrip(t, codec, threads=threads, **params)
 
 
 @pytest.mark.parametrize("codec", GENERIC + ["dfloat11"])

@@ -108,7 +108,10 @@ class Ans(Codec):
         if word == 2:
             # the whole tensor in one compiled call, its chunks on `threads` threads
             out = np.empty(2 * n, np.uint8) if out is None else out
-            rc = _entropy.ans_decode16(payload, self.chunk, self.precision, dtype.is_float, out, scratch(n), threads)
+            if threads > 1 and n > self.chunk:
+                rc = _entropy.ans_decode16(payload, self.chunk, self.precision, dtype.is_float, out, threads, scratch(n))
+            else:  # one thread decodes in place, without scratch memory
+                rc = _entropy.ans_decode16(payload, self.chunk, self.precision, dtype.is_float, out, 1)
             if rc == -2:
                 raise MemoryError("ans: out of memory")
             if rc != 0:
@@ -135,8 +138,9 @@ class Ans(Codec):
         wide = [j for j in jobs if word_size(j[1]) != 2]
         narrow = [j for j in jobs if word_size(j[1]) == 2]
         share = sum(len(j[0]) for j in jobs) / max(1, threads)
-        big = [j for j in narrow if len(j[0]) > share]
-        small = sorted((j for j in narrow if len(j[0]) <= share), key=lambda j: -len(j[0]))
+        alone = threads > 1  # (one thread decodes everything in the batch, in place)
+        big = [j for j in narrow if alone and len(j[0]) > share]
+        small = sorted((j for j in narrow if not (alone and len(j[0]) > share)), key=lambda j: -len(j[0]))
         for payload, dtype, count, out in big:
             self.decode_payload(payload, dtype, count, threads, out=out)
         if small:

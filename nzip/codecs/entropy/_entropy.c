@@ -832,10 +832,18 @@ static int decode_section(const ans_section *sec, Py_ssize_t n, Py_ssize_t chunk
 }
 
 /* Decode a whole 16-bit `ans` payload into out (2n bytes), using tmp (n bytes) for the
- * first plane: 0, -1 (corrupt) or -2 (out of memory). Runs without the GIL. */
+ * plane decoded first: 0, -1 (corrupt) or -2 (out of memory). Runs without the GIL.
+ * With tmp == NULL (single thread only) that plane goes into the upper half of out: the
+ * second pass reads element i of it before its writes reach it (element i's 16 bits land
+ * on bytes 2i and 2i+1, which hold plane entries 2i-n and 2i+1-n, already consumed), so
+ * no scratch memory is needed at all. */
 static int ans16_decode_core(const uint8_t *buf, Py_ssize_t len, Py_ssize_t n, Py_ssize_t chunk, int P, int rotate,
                              uint8_t *out, uint8_t *tmp, int threads) {
     int rc = 0;
+    if (tmp == NULL) {
+        tmp = out + n;
+        threads = 1;
+    }
     Py_ssize_t nchunks = (n + chunk - 1) / chunk;
     ans_section sec[2];
     memset(sec, 0, sizeof sec);
@@ -871,24 +879,26 @@ static int ans16_decode_core(const uint8_t *buf, Py_ssize_t len, Py_ssize_t n, P
     return rc;
 }
 
-/* ans_decode16(payload, chunk, P, rotate, out[2n], scratch[n], threads) -> 0, -1 (corrupt),
- * -2 (memory); the payload's chunks are split between `threads` threads */
+/* ans_decode16(payload, chunk, P, rotate, out[2n], threads[, scratch[n]]) -> 0, -1 (corrupt),
+ * -2 (memory); the payload's chunks are split between `threads` threads, which need the
+ * scratch buffer (a single thread decodes in place) */
 static PyObject *ans_decode16(PyObject *self, PyObject *args) {
-    Py_buffer b[3];
+    Py_buffer b[3] = {{0}};
     Py_ssize_t chunk;
     int P, rotate, threads;
-    if (!PyArg_ParseTuple(args, "y*nipw*w*i", &b[0], &chunk, &P, &rotate, &b[1], &b[2], &threads)) return NULL;
+    if (!PyArg_ParseTuple(args, "y*nipw*i|w*", &b[0], &chunk, &P, &rotate, &b[1], &threads, &b[2])) return NULL;
     Py_ssize_t n = b[1].len / 2;
-    if (get_buffers(b, 3) < 0 || b[1].len % 2 || b[2].len != n || chunk < 1 || P < 1 || P > MAX_P) {
-        release(b, 3);
+    int nb = b[2].buf ? 3 : 2;
+    if (get_buffers(b, nb) < 0 || b[1].len % 2 || (b[2].buf && b[2].len != n) || chunk < 1 || P < 1 || P > MAX_P) {
+        release(b, nb);
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "ans_decode16: bad arguments");
         return NULL;
     }
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = ans16_decode_core(b[0].buf, b[0].len, n, chunk, P, rotate, b[1].buf, b[2].buf, threads);
+    rc = ans16_decode_core(b[0].buf, b[0].len, n, chunk, P, rotate, b[1].buf, b[2].buf, b[2].buf ? threads : 1);
     Py_END_ALLOW_THREADS
-    release(b, 3);
+    release(b, nb);
     return PyLong_FromLong(rc);
 }
 
@@ -900,11 +910,8 @@ typedef struct {
 
 static void batch_one(void *arg, Py_ssize_t i) {
     batch_job *j = (batch_job *)arg + i;
-    Py_ssize_t n = j->out.len / 2;
-    uint8_t *tmp = malloc(n ? n : 1);
-    j->rc = tmp ? ans16_decode_core(j->payload.buf, j->payload.len, n, j->chunk, j->P, j->rotate, j->out.buf, tmp, 1)
-                : -2;
-    free(tmp);
+    j->rc = ans16_decode_core(j->payload.buf, j->payload.len, j->out.len / 2, j->chunk, j->P, j->rotate, j->out.buf,
+                              NULL, 1);
 }
 
 /* ans_decode16_batch([(payload, out, chunk, P, rotate), ...], threads) -> [rc, ...]: many
@@ -1079,16 +1086,18 @@ typedef struct {
     const plane_plan *pl;
     const enc_sym *tab;
     ctx_t ctx;
-    uint8_t **bufs;
+    uint8_t **bufs, *work;
     Py_ssize_t *starts, *lens;
 } enc_job;
+
+/* Chunk i encodes into its own slice of the work region: 2 bytes per symbol plus states. */
+static Py_ssize_t chunk_region(Py_ssize_t i, Py_ssize_t chunk, int lanes) { return i * (2 * chunk + 4 * lanes + 8); }
 
 static void enc_chunk(void *arg, Py_ssize_t i) {
     enc_job *j = arg;
     Py_ssize_t a = i * j->chunk, m = j->n - a < j->chunk ? j->n - a : j->chunk;
     Py_ssize_t cap = 2 * m + 4 * j->pl->lanes + 4;
-    j->bufs[i] = malloc(cap);
-    if (!j->bufs[i]) { j->lens[i] = -1; return; }
+    j->bufs[i] = j->work + chunk_region(i, j->chunk, j->pl->lanes);
     ctx_t c = j->ctx;
     if (c.top) c.top = j->top + a;
     j->starts[i] = encode_stream(j->plane + a, m, j->tab, j->ntables, &c, j->P, j->pl->lanes, j->bufs[i], cap);
@@ -1098,7 +1107,7 @@ static void enc_chunk(void *arg, Py_ssize_t i) {
 /* A plane's section (method byte, u64 length, body) appended at out; returns bytes written
  * or -1. Falls back to plainer methods when the coded section would not be smaller. */
 static Py_ssize_t write_plane(const uint8_t *plane, const uint8_t *top, Py_ssize_t n, Py_ssize_t chunk, int P,
-                              plane_plan *pl, const int64_t *counts, int threads, uint8_t *out) {
+                              plane_plan *pl, const int64_t *counts, int threads, uint8_t *work, uint8_t *out) {
     Py_ssize_t nchunks = (n + chunk - 1) / chunk;
     while (pl->method != 0) {
         int ntables = pl->method == 2 ? pl->k + 1 : 1;
@@ -1108,6 +1117,7 @@ static Py_ssize_t write_plane(const uint8_t *plane, const uint8_t *top, Py_ssize
             j.ctx.top = top;
             for (int i = 0; i < pl->k; i++) { j.ctx.id[pl->ctx[i]] = (uint8_t)(i + 1); j.ctx.offset[pl->ctx[i]] = 256u * (i + 1); }
         }
+        j.work = work;
         j.bufs = calloc(nchunks ? nchunks : 1, sizeof(uint8_t *));
         j.starts = calloc(nchunks ? nchunks : 1, sizeof(Py_ssize_t));
         j.lens = calloc(nchunks ? nchunks : 1, sizeof(Py_ssize_t));
@@ -1133,7 +1143,6 @@ static Py_ssize_t write_plane(const uint8_t *plane, const uint8_t *top, Py_ssize
                 written = -2;
             }
         }
-        for (Py_ssize_t i = 0; j.bufs && i < nchunks; i++) free(j.bufs[i]);
         free(j.bufs); free(j.starts); free(j.lens); free((void *)j.tab);
         if (written == -2) return -1;
         if (written >= 0) return written;
@@ -1169,6 +1178,23 @@ static void prep_chunk(void *arg, Py_ssize_t i) {
     }
 }
 
+/* Per-thread scratch kept between calls (the planes and the chunks' work region), so that
+ * steady-state encoding touches no fresh memory; very large requests are not kept. */
+#define TLS_KEEP ((size_t)256 << 20)
+static __thread uint8_t *tls_buf[2];
+static __thread size_t tls_cap[2];
+
+static uint8_t *tls_scratch(int slot, size_t need, uint8_t **temporary) {
+    *temporary = NULL;
+    if (need > TLS_KEEP) return *temporary = malloc(need);
+    if (tls_cap[slot] < need) {
+        free(tls_buf[slot]);
+        tls_buf[slot] = malloc(need);
+        tls_cap[slot] = tls_buf[slot] ? need : 0;
+    }
+    return tls_buf[slot];
+}
+
 /* ans_encode16(data (2n bytes, 2-aligned), rotate, P, lanes, chunk, contexts, threads)
  * -> the whole `ans` payload of a 16-bit tensor */
 static PyObject *ans_encode16(PyObject *self, PyObject *args) {
@@ -1185,11 +1211,15 @@ static PyObject *ans_encode16(PyObject *self, PyObject *args) {
     }
     Py_ssize_t nchunks = (n + chunk - 1) / chunk, total = -1;
     int use_joint = contexts && n >= CONTEXT_MIN;
-    uint8_t *planes = malloc(2 * n + 1), *out = malloc(2 * n + 64);
+    PyObject *res = PyBytes_FromStringAndSize(NULL, 2 * n + 64); /* shrunk to size at the end */
+    if (!res) { PyBuffer_Release(&b); return NULL; }
+    uint8_t *out = (uint8_t *)PyBytes_AS_STRING(res), *tmp_planes, *tmp_work;
+    uint8_t *planes = tls_scratch(0, 2 * n + 1, &tmp_planes);
+    uint8_t *work = tls_scratch(1, (size_t)chunk_region(nchunks, chunk, MAX_LANES) + 1, &tmp_work);
     int64_t *hist = calloc((nchunks ? nchunks : 1) * (use_joint ? 65536 : 512), sizeof(int64_t));
     plane_plan *pl = malloc(2 * sizeof(plane_plan));
     Py_BEGIN_ALLOW_THREADS
-    if (planes && out && hist && pl) {
+    if (planes && work && hist && pl) {
         prep_job pj = {b.buf, planes, planes + n, n, chunk, rotate, use_joint, hist};
         parallel_for(threads, nchunks, prep_chunk, &pj);
         int64_t *joint = NULL, top[256] = {0}, low[256] = {0};
@@ -1205,14 +1235,18 @@ static PyObject *ans_encode16(PyObject *self, PyObject *args) {
         }
         plan_plane(top, NULL, n, nchunks, P, lanes, &pl[0]);
         plan_plane(low, joint, n, nchunks, P, lanes, &pl[1]);
-        Py_ssize_t a = write_plane(planes, NULL, n, chunk, P, &pl[0], top, threads, out);
-        Py_ssize_t c = a < 0 ? -1 : write_plane(planes + n, planes, n, chunk, P, &pl[1], low, threads, out + a);
+        Py_ssize_t a = write_plane(planes, NULL, n, chunk, P, &pl[0], top, threads, work, out);
+        Py_ssize_t c = a < 0 ? -1 : write_plane(planes + n, planes, n, chunk, P, &pl[1], low, threads, work, out + a);
         if (a >= 0 && c >= 0) total = a + c;
     }
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&b);
-    PyObject *res = total >= 0 ? PyBytes_FromStringAndSize((const char *)out, total) : PyErr_NoMemory();
-    free(planes); free(out); free(hist); free(pl);
+    free(tmp_planes); free(tmp_work); free(hist); free(pl);
+    if (total < 0) {
+        Py_DECREF(res);
+        return PyErr_NoMemory();
+    }
+    if (_PyBytes_Resize(&res, total) < 0) return NULL;
     return res;
 }
 
@@ -1541,7 +1575,7 @@ static PyMethodDef methods[] = {
     {"histogram", histogram, METH_VARARGS, "histogram(src, counts_u64_256)"},
     {"rans_encode", rans_encode, METH_VARARGS, "rans_encode(sym, freq, P, lanes, dst[, top, ctxmap]) -> start"},
     {"rans_decode", rans_decode, METH_VARARGS, "rans_decode(src, freq, P, lanes, dst[, top, ctxmap[, other, sym_high, rotate]]) -> consumed"},
-    {"ans_decode16", ans_decode16, METH_VARARGS, "ans_decode16(payload, chunk, P, rotate, out, scratch) -> 0/-1/-2"},
+    {"ans_decode16", ans_decode16, METH_VARARGS, "ans_decode16(payload, chunk, P, rotate, out, threads[, scratch]) -> 0/-1/-2"},
     {"ans_decode16_batch", ans_decode16_batch, METH_VARARGS, "ans_decode16_batch(jobs, threads) -> [rc]"},
     {"ans_encode16", ans_encode16, METH_VARARGS, "ans_encode16(data, rotate, P, lanes, chunk, contexts, threads) -> payload"},
     {"joint_histogram", joint_histogram, METH_VARARGS, "joint_histogram(a, b, counts_u64_65536)"},
