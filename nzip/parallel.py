@@ -56,6 +56,16 @@ def pmap(fn: Callable[[T], R], items: Iterable[T], threads: int,
     return out
 
 
+def split_big(items: list, threads: int, cost: Callable[[T], float]) -> tuple[list, list]:
+    """(big, small): items costing more than a thread's fair share, to run alone with every
+    thread inside them, and the rest (costliest first), to run side by side."""
+    if threads <= 1:
+        return [], sorted(items, key=lambda x: -cost(x))
+    share = sum(cost(x) for x in items) / threads
+    return ([x for x in items if cost(x) > share],
+            sorted((x for x in items if cost(x) <= share), key=lambda x: -cost(x)))
+
+
 def pmap_balanced(fn: Callable[[T, int], R], items: Iterable[T], threads: int,
                   cost: Callable[[T], float]) -> list[R]:
     """map over items of very different sizes: fn(item, inner_threads). An item costing
@@ -65,12 +75,10 @@ def pmap_balanced(fn: Callable[[T, int], R], items: Iterable[T], threads: int,
     if threads <= 1 or len(items) <= 1:
         return [fn(x, threads) for x in items]
     costs = [cost(x) for x in items]
-    share = sum(costs) / threads
+    big, small = split_big(list(range(len(items))), threads, cost=lambda i: costs[i])
     out: list = [None] * len(items)
-    big = [i for i, c in enumerate(costs) if c > share]
     for i in big:
         out[i] = fn(items[i], threads)
-    small = [i for i in range(len(items)) if costs[i] <= share]
-    for i, r in zip(small, pmap(lambda i: fn(items[i], 1), small, threads, cost=lambda i: costs[i])):
+    for i, r in zip(small, pmap(lambda i: fn(items[i], 1), small, threads)):
         out[i] = r
     return out

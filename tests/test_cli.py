@@ -34,7 +34,7 @@ def test_pack_info_verify_unpack_minilm(tmp_path, minilm_path):
     assert packed.exists() and src.exists()  # keeps its input
     info = json.loads(run("info", packed, "--json").stdout)
     assert info["tensors"] == 104 and info["packed_bytes"] < info["raw_bytes"]
-    assert "ans" in run("info", packed).stdout
+    assert "planes" in run("info", packed).stdout  # auto: fp32 weights go to planes
     assert "OK" in run("verify", packed).stderr
     out = tmp_path / "back.safetensors"
     run("unpack", packed, "-o", out)

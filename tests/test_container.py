@@ -54,7 +54,7 @@ def test_auto_picks_by_dtype(tmp_path):
     nzip.save(state_dict(), path)
     with nzip.open(path) as box:
         ids = {n: box.entry(n)["codec"]["id"] for n in box.keys()}
-    assert ids["w.bf16"] == "ans" and ids["ids"] == "zstd" and ids["scalar"] == "raw"
+    assert ids["w.bf16"] == "ans" and ids["w.f32"] == "planes" and ids["ids"] == "zstd" and ids["scalar"] == "raw"
 
 
 def make_safetensors(path, with_metadata=True):

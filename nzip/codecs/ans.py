@@ -33,7 +33,7 @@ import struct
 import numpy as np
 
 from ..errors import CorruptDataError
-from ..parallel import pmap
+from ..parallel import pmap, split_big
 from .entropy import _entropy, rans
 from .payload import Reader
 from .planes import PLANE_DTYPES, join, split, word_size
@@ -136,11 +136,7 @@ class Ans(Codec):
         """16-bit payloads go through one compiled batch call (threads across tensors); a
         tensor bigger than a thread's share is decoded alone with every thread in it."""
         wide = [j for j in jobs if word_size(j[1]) != 2]
-        narrow = [j for j in jobs if word_size(j[1]) == 2]
-        share = sum(len(j[0]) for j in jobs) / max(1, threads)
-        alone = threads > 1  # (one thread decodes everything in the batch, in place)
-        big = [j for j in narrow if alone and len(j[0]) > share]
-        small = sorted((j for j in narrow if not (alone and len(j[0]) > share)), key=lambda j: -len(j[0]))
+        big, small = split_big([j for j in jobs if word_size(j[1]) == 2], threads, cost=lambda j: len(j[0]))
         for payload, dtype, count, out in big:
             self.decode_payload(payload, dtype, count, threads, out=out)
         if small:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import CorruptDataError
+from ..parallel import split_big
 from .entropy import _entropy, huffman, rans
 from .registry import Codec, register
 
@@ -67,10 +68,9 @@ class DFloat11(Codec):
     def decode_payloads(self, jobs: list, threads: int) -> None:
         """Small tensors in one compiled batch across threads; a tensor bigger than a
         thread's share alone, its blocks split between every thread."""
-        share = sum(len(j[0]) for j in jobs) / max(1, threads)
-        for payload, dtype, count, out in (j for j in jobs if len(j[0]) > share):
+        big, small = split_big(jobs, threads, cost=lambda j: len(j[0]))
+        for payload, dtype, count, out in big:
             self.decode_payload(payload, dtype, count, threads, out=out)
-        small = sorted((j for j in jobs if len(j[0]) <= share), key=lambda j: -len(j[0]))
         if small:
             rcs = _entropy.dfloat11_decode_batch([(p, out, self.block, self.code_length_limit) for p, d, c, out in small],
                                                  threads)

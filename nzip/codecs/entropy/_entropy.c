@@ -577,11 +577,6 @@ SIMD_TARGET static Py_ssize_t dec_avx512(const uint32_t *tab, const ctx_t *c, in
 }
 #endif
 
-/* rans_decode(stream, freq u32[ntables*256], P, lanes, dst[, top, ctxmap[, other, sym_high,
- * rotate]]) -> bytes consumed, or -1 if the stream is corrupt (runs out, or the final
- * states are not the initial ones). dst is n bytes (plain), or 2n bytes when `other` is
- * given: then each decoded symbol is joined with other[i] into a 16-bit element. Pass
- * None for top and ctxmap to decode without contexts. */
 /* Decode table: slot -> symbol | (freq - 1) << 8 | (slot - start) << 20, per table. */
 static uint32_t *build_dec_table(const uint32_t *freq, int ntables, int P) {
     uint32_t *tab = malloc((sizeof(uint32_t) << P) * ntables);
@@ -902,22 +897,21 @@ static PyObject *ans_decode16(PyObject *self, PyObject *args) {
     return PyLong_FromLong(rc);
 }
 
+/* Batched entry points: many (payload, out, size, param[, flag]) jobs decoded in one call,
+ * spread over `threads` threads, one GIL release for a whole model's worth of tensors. */
 typedef struct {
     Py_buffer payload, out;
-    Py_ssize_t chunk;
-    int P, rotate, rc;
+    Py_ssize_t size; /* ans: chunk; dfloat11: block */
+    int param, flag, rc; /* ans: precision, rotate; dfloat11: code length limit */
 } batch_job;
 
-static void batch_one(void *arg, Py_ssize_t i) {
+static void ans_batch_one(void *arg, Py_ssize_t i) {
     batch_job *j = (batch_job *)arg + i;
-    j->rc = ans16_decode_core(j->payload.buf, j->payload.len, j->out.len / 2, j->chunk, j->P, j->rotate, j->out.buf,
+    j->rc = ans16_decode_core(j->payload.buf, j->payload.len, j->out.len / 2, j->size, j->param, j->flag, j->out.buf,
                               NULL, 1);
 }
 
-/* ans_decode16_batch([(payload, out, chunk, P, rotate), ...], threads) -> [rc, ...]: many
- * tensors in one call, spread over `threads` threads (the batched entry point: one GIL
- * release for a whole model's worth of small tensors) */
-static PyObject *ans_decode16_batch(PyObject *self, PyObject *args) {
+static PyObject *run_batch(PyObject *args, void (*one)(void *, Py_ssize_t), int max_param, const char *name) {
     PyObject *list;
     int threads;
     if (!PyArg_ParseTuple(args, "O!i", &PyList_Type, &list, &threads)) return NULL;
@@ -927,11 +921,12 @@ static PyObject *ans_decode16_batch(PyObject *self, PyObject *args) {
     int ok = 1;
     for (; got < m && ok; got++) {
         batch_job *j = &jobs[got];
-        ok = PyArg_ParseTuple(PyList_GET_ITEM(list, got), "y*w*nip", &j->payload, &j->out, &j->chunk, &j->P, &j->rotate);
-        if (ok && (!PyBuffer_IsContiguous(&j->out, 'C') || j->out.len % 2 || j->chunk < 1 || j->P < 1 || j->P > MAX_P)) {
+        ok = PyArg_ParseTuple(PyList_GET_ITEM(list, got), "y*w*ni|p", &j->payload, &j->out, &j->size, &j->param, &j->flag);
+        if (ok && (!PyBuffer_IsContiguous(&j->out, 'C') || j->out.len % 2 || j->size < 1 || j->param < 1 ||
+                   j->param > max_param)) {
             PyBuffer_Release(&j->payload);
             PyBuffer_Release(&j->out);
-            PyErr_SetString(PyExc_ValueError, "ans_decode16_batch: bad job");
+            PyErr_Format(PyExc_ValueError, "%s: bad job", name);
             ok = 0;
         }
     }
@@ -939,7 +934,7 @@ static PyObject *ans_decode16_batch(PyObject *self, PyObject *args) {
     PyObject *res = NULL;
     if (ok) {
         Py_BEGIN_ALLOW_THREADS
-        parallel_for(threads, m, batch_one, jobs);
+        parallel_for(threads, m, one, jobs);
         Py_END_ALLOW_THREADS
         res = PyList_New(m);
         for (Py_ssize_t i = 0; res && i < m; i++) PyList_SET_ITEM(res, i, PyLong_FromLong(jobs[i].rc));
@@ -947,6 +942,11 @@ static PyObject *ans_decode16_batch(PyObject *self, PyObject *args) {
     for (Py_ssize_t i = 0; i < got; i++) { PyBuffer_Release(&jobs[i].payload); PyBuffer_Release(&jobs[i].out); }
     free(jobs);
     return res;
+}
+
+/* ans_decode16_batch([(payload, out, chunk, precision, rotate), ...], threads) -> [rc, ...] */
+static PyObject *ans_decode16_batch(PyObject *self, PyObject *args) {
+    return run_batch(args, ans_batch_one, MAX_P, "ans_decode16_batch");
 }
 
 /* ------------------------------------------------------- whole `ans` payloads: encoding
@@ -1510,48 +1510,14 @@ static PyObject *dfloat11_decode(PyObject *self, PyObject *args) {
     return PyLong_FromLong(rc);
 }
 
-typedef struct {
-    Py_buffer payload, out;
-    Py_ssize_t block;
-    int limit, rc;
-} df11_batch_job;
-
 static void df11_batch_one(void *arg, Py_ssize_t i) {
-    df11_batch_job *j = (df11_batch_job *)arg + i;
-    j->rc = df11_decode_core(j->payload.buf, j->payload.len, j->out.len / 2, j->block, j->limit, j->out.buf, 1);
+    batch_job *j = (batch_job *)arg + i;
+    j->rc = df11_decode_core(j->payload.buf, j->payload.len, j->out.len / 2, j->size, j->param, j->out.buf, 1);
 }
 
 /* dfloat11_decode_batch([(payload, out, block, limit), ...], threads) -> [rc, ...] */
 static PyObject *dfloat11_decode_batch(PyObject *self, PyObject *args) {
-    PyObject *list;
-    int threads;
-    if (!PyArg_ParseTuple(args, "O!i", &PyList_Type, &list, &threads)) return NULL;
-    Py_ssize_t m = PyList_GET_SIZE(list), got = 0;
-    df11_batch_job *jobs = calloc(m ? m : 1, sizeof(df11_batch_job));
-    if (!jobs) return PyErr_NoMemory();
-    int ok = 1;
-    for (; got < m && ok; got++) {
-        df11_batch_job *j = &jobs[got];
-        ok = PyArg_ParseTuple(PyList_GET_ITEM(list, got), "y*w*ni", &j->payload, &j->out, &j->block, &j->limit);
-        if (ok && (!PyBuffer_IsContiguous(&j->out, 'C') || j->out.len % 2 || j->block < 1 || j->limit < 1 || j->limit > 16)) {
-            PyBuffer_Release(&j->payload);
-            PyBuffer_Release(&j->out);
-            PyErr_SetString(PyExc_ValueError, "dfloat11_decode_batch: bad job");
-            ok = 0;
-        }
-    }
-    if (!ok) got--;
-    PyObject *res = NULL;
-    if (ok) {
-        Py_BEGIN_ALLOW_THREADS
-        parallel_for(threads, m, df11_batch_one, jobs);
-        Py_END_ALLOW_THREADS
-        res = PyList_New(m);
-        for (Py_ssize_t i = 0; res && i < m; i++) PyList_SET_ITEM(res, i, PyLong_FromLong(jobs[i].rc));
-    }
-    for (Py_ssize_t i = 0; i < got; i++) { PyBuffer_Release(&jobs[i].payload); PyBuffer_Release(&jobs[i].out); }
-    free(jobs);
-    return res;
+    return run_batch(args, df11_batch_one, 16, "dfloat11_decode_batch");
 }
 
 /* set_simd(flag) -> whether SIMD is now in use (tests run both paths) */
