@@ -153,7 +153,7 @@ def bench_zstd(sd, threads, reps):
 
 
 def run(quick: bool) -> dict:
-    reps = 2 if quick else 3
+    reps = 2 if quick else 5
     results = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                            "python": platform.python_version(), "torch": torch.__version__},
                "datasets": {}}
