@@ -18,6 +18,7 @@ from pathlib import Path
 
 from . import __version__
 from .codecs import available
+from .codecs.api import check_shape
 from .errors import NzipError
 from .formats import container, safetensors
 
@@ -69,13 +70,17 @@ def cmd_unpack(args) -> None:
         with _progress(args, box.header.get("source", {}).get("size", 0), f"unpack {src.name}") as bar:
             safetensors.unpack(box, dst, threads=args.threads, overwrite=args.force,
                                progress=bar.update if bar else None)
-    _report(args, src, dst, time.perf_counter() - t0)
+    _report(args, src, dst, time.perf_counter() - t0, packed=False)
 
 
-def _report(args, src: Path, dst: Path, seconds: float) -> None:
+def _report(args, src: Path, dst: Path, seconds: float, packed: bool = True) -> None:
+    """zstd-style summary: the ratio when packing, just the sizes when unpacking."""
     a, b = src.stat().st_size, dst.stat().st_size
-    ratio = f"{b / a:.2%}" if a else "n/a"
-    _say(args, f"{src} : {ratio} ({a} => {b} bytes, {dst}) in {seconds:.2f} s")
+    if packed:
+        ratio = f"{b / a:.2%}" if a else "n/a"
+        _say(args, f"{src} : {ratio} ({a} => {b} bytes, {dst}) in {seconds:.2f} s")
+    else:
+        _say(args, f"{src} : {a} => {b} bytes ({dst}) in {seconds:.2f} s")
 
 
 def cmd_info(args) -> None:
@@ -84,13 +89,8 @@ def cmd_info(args) -> None:
         rows = []
         for name in box.keys():
             e = box.entry(name)
-            itemsize = {"bfloat16": 2, "float16": 2, "float32": 4, "float64": 8, "int64": 8, "int32": 4,
-                        "uint64": 8, "uint32": 4, "int16": 2, "uint16": 2, "complex64": 8,
-                        "complex128": 16}.get(e["dtype"], 1)
-            n = 1
-            for d in e["shape"]:
-                n *= d
-            raw = n * itemsize
+            dtype, _, count = check_shape(e["dtype"], e["shape"])
+            raw = count * dtype.itemsize
             raw_total += raw
             packed_total += e["size"]
             rows.append((name, e["dtype"], "x".join(map(str, e["shape"])) or "scalar", e["codec"]["id"], raw, e["size"]))
