@@ -33,7 +33,7 @@ import struct
 import numpy as np
 
 from ..errors import CorruptDataError
-from ..parallel import pmap, split_big
+from ..parallel import pmap
 from .entropy import _entropy, rans
 from .payload import Reader
 from .planes import PLANE_DTYPES, join, split, word_size
@@ -133,14 +133,12 @@ class Ans(Codec):
         return planes if word == 1 else join(planes, dtype, out)
 
     def decode_payloads(self, jobs: list, threads: int) -> None:
-        """16-bit payloads go through one compiled batch call (threads across tensors); a
-        tensor bigger than a thread's share is decoded alone with every thread in it."""
+        """16-bit payloads go through one compiled batch: every chunk of every tensor is a
+        job, spread over the threads biggest first."""
         wide = [j for j in jobs if word_size(j[1]) != 2]
-        big, small = split_big([j for j in jobs if word_size(j[1]) == 2], threads, cost=lambda j: len(j[0]))
-        for payload, dtype, count, out in big:
-            self.decode_payload(payload, dtype, count, threads, out=out)
-        if small:
-            rcs = _entropy.ans_decode16_batch([(p, out, self.chunk, self.precision, d.is_float) for p, d, c, out in small],
+        narrow = [j for j in jobs if word_size(j[1]) == 2]
+        if narrow:
+            rcs = _entropy.ans_decode16_batch([(p, out, self.chunk, self.precision, d.is_float) for p, d, c, out in narrow],
                                               threads)
             if -2 in rcs:
                 raise MemoryError("ans: out of memory")

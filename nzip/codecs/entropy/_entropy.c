@@ -790,59 +790,48 @@ static int read_ans_section(const uint8_t *body, uint64_t len, int method, Py_ss
     return r.p == r.end ? 0 : -1;
 }
 
-/* decode a coded section's chunks into the sink (top = context plane, other = join plane) */
+/* Per-thread scratch kept between calls (slots: the encoder's planes and chunk work region,
+ * the decoder's first planes), so that steady-state work touches no fresh memory; very
+ * large requests are not kept. */
+#define TLS_KEEP ((size_t)256 << 20)
+static __thread uint8_t *tls_buf[3];
+static __thread size_t tls_cap[3];
+
+static uint8_t *tls_scratch(int slot, size_t need, uint8_t **temporary) {
+    *temporary = NULL;
+    if (need > TLS_KEEP) return *temporary = malloc(need);
+    if (tls_cap[slot] < need) {
+        free(tls_buf[slot]);
+        tls_buf[slot] = malloc(need);
+        tls_cap[slot] = tls_buf[slot] ? need : 0;
+    }
+    return tls_buf[slot];
+}
+
+/* One 16-bit tensor being decoded: its parsed sections, output and the buffer for the plane
+ * decoded first. Chunks are independent (each plane's chunk c has its own stream), so a
+ * chunk is a job of its own: both of its planes, no barrier between planes. */
 typedef struct {
-    const ans_section *sec;
-    Py_ssize_t n, chunk;
-    int P, sym_high, rotate, failed;
-    uint8_t *out8;
-    uint16_t *out16;
-    const uint8_t *top, *other;
-    ctx_t c;
-} dec_job;
-
-static void dec_chunk(void *arg, Py_ssize_t i) {
-    dec_job *j = arg;
-    Py_ssize_t a = i * j->chunk, m = j->n - a < j->chunk ? j->n - a : j->chunk;
-    ctx_t cc = j->c;
-    if (cc.top) cc.top = j->top + a;
-    dec_sink k = {j->out8 ? j->out8 + a : NULL, j->other ? j->other + a : NULL, j->out16 ? j->out16 + a : NULL,
-                  j->sym_high, j->rotate};
-    if (decode_stream(j->sec->streams[i], (Py_ssize_t)j->sec->sizes[i], j->sec->tab, j->P, j->sec->lanes, &cc, &k, m) !=
-        (Py_ssize_t)j->sec->sizes[i])
-        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
-}
-
-static int decode_section(const ans_section *sec, Py_ssize_t n, Py_ssize_t chunk, int P, uint8_t *out8,
-                          uint16_t *out16, const uint8_t *top, const uint8_t *other, int sym_high, int rotate,
-                          int threads) {
-    dec_job j = {sec, n, chunk, P, sym_high, rotate, 0, out8, out16, top, other};
-    memset(&j.c, 0, sizeof j.c);
-    if (sec->method == 2) {
-        j.c.top = top;
-        for (int v = 0; v < 256; v++) { j.c.id[v] = sec->ctxmap[v]; j.c.offset[v] = (uint32_t)sec->ctxmap[v] << P; }
-    }
-    parallel_for(threads, (n + chunk - 1) / chunk, dec_chunk, &j);
-    return j.failed ? -1 : 0;
-}
-
-/* Decode a whole 16-bit `ans` payload into out (2n bytes), using tmp (n bytes) for the
- * plane decoded first: 0, -1 (corrupt) or -2 (out of memory). Runs without the GIL.
- * With tmp == NULL (single thread only) that plane goes into the upper half of out: the
- * second pass reads element i of it before its writes reach it (element i's 16 bits land
- * on bytes 2i and 2i+1, which hold plane entries 2i-n and 2i+1-n, already consumed), so
- * no scratch memory is needed at all. */
-static int ans16_decode_core(const uint8_t *buf, Py_ssize_t len, Py_ssize_t n, Py_ssize_t chunk, int P, int rotate,
-                             uint8_t *out, uint8_t *tmp, int threads) {
-    int rc = 0;
-    if (tmp == NULL) {
-        tmp = out + n;
-        threads = 1;
-    }
-    Py_ssize_t nchunks = (n + chunk - 1) / chunk;
     ans_section sec[2];
-    memset(sec, 0, sizeof sec);
+    Py_ssize_t n, chunk;
+    int P, rotate;
+    uint8_t *out, *tmp;
+    int failed;
+    ctx_t ctx;
+} t16;
+
+/* Parse a payload; with tmp == NULL the first plane is decoded into the upper half of out:
+ * a chunk's second pass reads element i of it before its writes reach it (element i's 16
+ * bits land on bytes 2i and 2i+1, which hold plane entries 2i-n and 2i+1-n, already
+ * consumed), so chunks decoded one after another in one thread need no scratch memory. */
+static int t16_open(t16 *t, const uint8_t *buf, Py_ssize_t len, Py_ssize_t n, Py_ssize_t chunk, int P, int rotate,
+                    uint8_t *out, uint8_t *tmp) {
+    memset(t, 0, sizeof *t);
+    t->n = n; t->chunk = chunk; t->P = P; t->rotate = rotate; t->out = out;
+    t->tmp = tmp ? tmp : out + n;
+    Py_ssize_t nchunks = (n + chunk - 1) / chunk;
     cursor r = {buf, buf + len};
+    int rc = 0;
     for (int k = 0; k < 2 && rc == 0; k++) {
         const uint8_t *m, *body;
         uint64_t blen;
@@ -850,33 +839,113 @@ static int ans16_decode_core(const uint8_t *buf, Py_ssize_t len, Py_ssize_t n, P
             take(&r, (Py_ssize_t)blen, &body) < 0 || (*m == 2 && k == 0))
             rc = -1;
         else
-            rc = read_ans_section(body, blen, *m, n, nchunks, P, &sec[k]);
+            rc = read_ans_section(body, blen, *m, n, nchunks, P, &t->sec[k]);
     }
     if (rc == 0 && r.p != r.end) rc = -1;
-    if (rc == 0) {
-        if (sec[1].method == 2) { /* exponents first: they are the low plane's contexts */
-            if (sec[0].method == 0) memcpy(tmp, sec[0].raw, n);
-            else rc = decode_section(&sec[0], n, chunk, P, tmp, NULL, NULL, NULL, 1, 0, threads);
-            if (rc == 0) rc = decode_section(&sec[1], n, chunk, P, NULL, (uint16_t *)out, tmp, tmp, 0, rotate, threads);
-        } else if (sec[0].method != 0) {
-            if (sec[1].method == 0) memcpy(tmp, sec[1].raw, n);
-            else rc = decode_section(&sec[1], n, chunk, P, tmp, NULL, NULL, NULL, 1, 0, threads);
-            if (rc == 0) rc = decode_section(&sec[0], n, chunk, P, NULL, (uint16_t *)out, NULL, tmp, 1, rotate, threads);
-        } else {
-            for (Py_ssize_t i = 0; i < n; i++) {
-                uint16_t v = (uint16_t)((sec[0].raw[i] << 8) | sec[1].raw[i]);
-                v = rotate ? (uint16_t)((v >> 1) | (v << 15)) : v;
-                memcpy(out + 2 * i, &v, 2);
-            }
-        }
-    }
-    for (int k = 0; k < 2; k++) { free(sec[k].tab); free(sec[k].sizes); free(sec[k].streams); }
+    if (t->sec[1].method == 2)
+        for (int v = 0; v < 256; v++) { t->ctx.id[v] = t->sec[1].ctxmap[v]; t->ctx.offset[v] = (uint32_t)t->sec[1].ctxmap[v] << P; }
     return rc;
 }
 
+static void t16_close(t16 *t) {
+    for (int k = 0; k < 2; k++) { free(t->sec[k].tab); free(t->sec[k].sizes); free(t->sec[k].streams); }
+}
+
+/* chunk i of one plane: raw copy, or its stream through the sink */
+static int plane_chunk(const ans_section *sec, Py_ssize_t i, Py_ssize_t a, Py_ssize_t m, int P, const ctx_t *c,
+                       const dec_sink *k) {
+    if (sec->method == 0) {
+        memcpy(k->out8, sec->raw + a, m);
+        return 0;
+    }
+    return decode_stream(sec->streams[i], (Py_ssize_t)sec->sizes[i], sec->tab, P, sec->lanes, c, k, m) ==
+                   (Py_ssize_t)sec->sizes[i] ? 0 : -1;
+}
+
+static int t16_chunk(t16 *t, Py_ssize_t i) {
+    Py_ssize_t a = i * t->chunk, m = t->n - a < t->chunk ? t->n - a : t->chunk;
+    const ans_section *s0 = &t->sec[0], *s1 = &t->sec[1];
+    uint8_t *tmp = t->tmp + a;
+    uint16_t *out16 = (uint16_t *)t->out + a;
+    ctx_t none;
+    memset(&none, 0, sizeof none);
+    dec_sink first = {tmp, NULL, NULL, 1, 0};
+    if (s1->method == 2) { /* exponents first: they are the low plane's contexts */
+        ctx_t c = t->ctx;
+        c.top = tmp;
+        dec_sink second = {NULL, tmp, out16, 0, t->rotate};
+        if (plane_chunk(s0, i, a, m, t->P, &none, &first) < 0) return -1;
+        return decode_stream(s1->streams[i], (Py_ssize_t)s1->sizes[i], s1->tab, t->P, s1->lanes, &c, &second, m) ==
+                       (Py_ssize_t)s1->sizes[i] ? 0 : -1;
+    }
+    if (s0->method != 0) { /* low plane first, then exponents joined with it */
+        dec_sink second = {NULL, tmp, out16, 1, t->rotate};
+        if (plane_chunk(s1, i, a, m, t->P, &none, &first) < 0) return -1;
+        return plane_chunk(s0, i, a, m, t->P, &none, &second);
+    }
+    for (Py_ssize_t q = 0; q < m; q++) {
+        uint16_t v = (uint16_t)((s0->raw[a + q] << 8) | s1->raw[a + q]);
+        v = t->rotate ? (uint16_t)((v >> 1) | (v << 15)) : v;
+        memcpy(out16 + q, &v, 2);
+    }
+    return 0;
+}
+
+typedef struct {
+    t16 *t;
+    Py_ssize_t chunk;
+} t16_job;
+
+static void t16_run(void *arg, Py_ssize_t i) {
+    t16_job *j = (t16_job *)arg + i;
+    if (t16_chunk(j->t, j->chunk) < 0) __atomic_store_n(&j->t->failed, 1, __ATOMIC_RELAXED);
+}
+
+/* Decode tensors[0..m) with their chunks spread over `threads` threads, biggest first. A
+ * tensor of one chunk decodes in place; one of several chunks gets its own scratch unless
+ * it already has one. Returns 0, or -2 when memory ran out (per-tensor failures are in
+ * t->failed). */
+static int t16_decode_all(t16 *ts, Py_ssize_t m, int threads) {
+    Py_ssize_t njobs = 0;
+    for (Py_ssize_t k = 0; k < m; k++) njobs += (ts[k].n + ts[k].chunk - 1) / ts[k].chunk;
+    t16_job *jobs = malloc(sizeof(t16_job) * (njobs ? njobs : 1));
+    if (!jobs) return -2;
+    /* tensors whose chunks may run side by side cannot decode in place: carve them scratch */
+    size_t need = 0;
+    for (Py_ssize_t k = 0; k < m; k++)
+        if (threads > 1 && ts[k].n > ts[k].chunk && ts[k].tmp == ts[k].out + ts[k].n) need += ts[k].n;
+    uint8_t *temporary = NULL, *scratch = need ? tls_scratch(2, need, &temporary) : NULL;
+    if (need && !scratch) { free(jobs); return -2; }
+    Py_ssize_t q = 0;
+    for (Py_ssize_t k = 0; k < m; k++) {
+        Py_ssize_t nchunks = (ts[k].n + ts[k].chunk - 1) / ts[k].chunk;
+        if (threads > 1 && nchunks > 1 && ts[k].tmp == ts[k].out + ts[k].n) {
+            ts[k].tmp = scratch;
+            scratch += ts[k].n;
+        }
+        for (Py_ssize_t c = 0; c < nchunks; c++) jobs[q++] = (t16_job){&ts[k], c};
+    }
+    /* biggest chunks first keeps the threads evenly busy to the end */
+    for (Py_ssize_t x = 1; x < njobs; x++) {
+        t16_job v = jobs[x];
+        Py_ssize_t size = v.t->n - v.chunk * v.t->chunk < v.t->chunk ? v.t->n - v.chunk * v.t->chunk : v.t->chunk, y = x;
+        for (; y > 0; y--) {
+            t16_job u = jobs[y - 1];
+            Py_ssize_t us = u.t->n - u.chunk * u.t->chunk < u.t->chunk ? u.t->n - u.chunk * u.t->chunk : u.t->chunk;
+            if (us >= size) break;
+            jobs[y] = u;
+        }
+        jobs[y] = v;
+    }
+    parallel_for(threads, njobs, t16_run, jobs);
+    free(jobs);
+    free(temporary);
+    return 0;
+}
+
 /* ans_decode16(payload, chunk, P, rotate, out[2n], threads[, scratch[n]]) -> 0, -1 (corrupt),
- * -2 (memory); the payload's chunks are split between `threads` threads, which need the
- * scratch buffer (a single thread decodes in place) */
+ * -2 (memory); chunks are spread over `threads` threads (with one thread and no scratch,
+ * the decode is in place) */
 static PyObject *ans_decode16(PyObject *self, PyObject *args) {
     Py_buffer b[3] = {{0}};
     Py_ssize_t chunk;
@@ -891,25 +960,75 @@ static PyObject *ans_decode16(PyObject *self, PyObject *args) {
     }
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = ans16_decode_core(b[0].buf, b[0].len, n, chunk, P, rotate, b[1].buf, b[2].buf, b[2].buf ? threads : 1);
+    t16 t;
+    rc = t16_open(&t, b[0].buf, b[0].len, n, chunk, P, rotate, b[1].buf, b[2].buf);
+    if (rc == 0) rc = t16_decode_all(&t, 1, threads);
+    if (rc == 0 && t.failed) rc = -1;
+    t16_close(&t);
     Py_END_ALLOW_THREADS
     release(b, nb);
     return PyLong_FromLong(rc);
 }
 
-/* Batched entry points: many (payload, out, size, param[, flag]) jobs decoded in one call,
+/* ans_decode16_batch([(payload, out, chunk, precision, rotate), ...], threads) -> [rc, ...]:
+ * every chunk of every tensor in one pool of jobs */
+static PyObject *ans_decode16_batch(PyObject *self, PyObject *args) {
+    PyObject *list;
+    int threads;
+    if (!PyArg_ParseTuple(args, "O!i", &PyList_Type, &list, &threads)) return NULL;
+    Py_ssize_t m = PyList_GET_SIZE(list), got = 0;
+    Py_buffer *bufs = calloc(2 * (m ? m : 1), sizeof(Py_buffer));
+    t16 *ts = calloc(m ? m : 1, sizeof(t16));
+    int *rcs = calloc(m ? m : 1, sizeof(int));
+    Py_ssize_t *chunks = calloc(m ? m : 1, sizeof(Py_ssize_t));
+    int *Ps = calloc(m ? m : 1, sizeof(int)), *rots = calloc(m ? m : 1, sizeof(int));
+    if (!bufs || !ts || !rcs || !chunks || !Ps || !rots) {
+        free(bufs); free(ts); free(rcs); free(chunks); free(Ps); free(rots);
+        return PyErr_NoMemory();
+    }
+    int ok = 1;
+    for (; got < m && ok; got++) {
+        ok = PyArg_ParseTuple(PyList_GET_ITEM(list, got), "y*w*nip", &bufs[2 * got], &bufs[2 * got + 1], &chunks[got],
+                              &Ps[got], &rots[got]);
+        if (ok && (!PyBuffer_IsContiguous(&bufs[2 * got + 1], 'C') || bufs[2 * got + 1].len % 2 || chunks[got] < 1 ||
+                   Ps[got] < 1 || Ps[got] > MAX_P)) {
+            PyBuffer_Release(&bufs[2 * got]);
+            PyBuffer_Release(&bufs[2 * got + 1]);
+            PyErr_SetString(PyExc_ValueError, "ans_decode16_batch: bad job");
+            ok = 0;
+        }
+    }
+    if (!ok) got--; /* the failed job released (or never took) its buffers */
+    PyObject *res = NULL;
+    if (ok) {
+        int all = 0;
+        Py_BEGIN_ALLOW_THREADS
+        Py_ssize_t live = 0;
+        for (Py_ssize_t k = 0; k < m; k++) {
+            rcs[k] = t16_open(&ts[live], bufs[2 * k].buf, bufs[2 * k].len, bufs[2 * k + 1].len / 2, chunks[k], Ps[k],
+                              rots[k], bufs[2 * k + 1].buf, NULL);
+            if (rcs[k] == 0) live++;
+            else t16_close(&ts[live]);
+        }
+        all = t16_decode_all(ts, live, threads);
+        for (Py_ssize_t k = 0, q = 0; k < m; k++)
+            if (rcs[k] == 0) { rcs[k] = all ? all : ts[q].failed ? -1 : 0; t16_close(&ts[q++]); }
+        Py_END_ALLOW_THREADS
+        res = PyList_New(m);
+        for (Py_ssize_t i = 0; res && i < m; i++) PyList_SET_ITEM(res, i, PyLong_FromLong(rcs[i]));
+    }
+    for (Py_ssize_t i = 0; i < 2 * got; i++) PyBuffer_Release(&bufs[i]);
+    free(bufs); free(ts); free(rcs); free(chunks); free(Ps); free(rots);
+    return res;
+}
+
+/* Batched entry point: many (payload, out, size, param[, flag]) jobs decoded in one call,
  * spread over `threads` threads, one GIL release for a whole model's worth of tensors. */
 typedef struct {
     Py_buffer payload, out;
-    Py_ssize_t size; /* ans: chunk; dfloat11: block */
-    int param, flag, rc; /* ans: precision, rotate; dfloat11: code length limit */
+    Py_ssize_t size; /* dfloat11: block */
+    int param, flag, rc; /* dfloat11: code length limit */
 } batch_job;
-
-static void ans_batch_one(void *arg, Py_ssize_t i) {
-    batch_job *j = (batch_job *)arg + i;
-    j->rc = ans16_decode_core(j->payload.buf, j->payload.len, j->out.len / 2, j->size, j->param, j->flag, j->out.buf,
-                              NULL, 1);
-}
 
 static PyObject *run_batch(PyObject *args, void (*one)(void *, Py_ssize_t), int max_param, const char *name) {
     PyObject *list;
@@ -944,10 +1063,6 @@ static PyObject *run_batch(PyObject *args, void (*one)(void *, Py_ssize_t), int 
     return res;
 }
 
-/* ans_decode16_batch([(payload, out, chunk, precision, rotate), ...], threads) -> [rc, ...] */
-static PyObject *ans_decode16_batch(PyObject *self, PyObject *args) {
-    return run_batch(args, ans_batch_one, MAX_P, "ans_decode16_batch");
-}
 
 /* ------------------------------------------------------- whole `ans` payloads: encoding
  * The planner decides, per plane, raw / one table / tables in context of the exponent,
@@ -1176,23 +1291,6 @@ static void prep_chunk(void *arg, Py_ssize_t i) {
     } else {
         for (Py_ssize_t q = 0; q < m; q++) { h[hi[q]]++; h[256 + lo[q]]++; }
     }
-}
-
-/* Per-thread scratch kept between calls (the planes and the chunks' work region), so that
- * steady-state encoding touches no fresh memory; very large requests are not kept. */
-#define TLS_KEEP ((size_t)256 << 20)
-static __thread uint8_t *tls_buf[2];
-static __thread size_t tls_cap[2];
-
-static uint8_t *tls_scratch(int slot, size_t need, uint8_t **temporary) {
-    *temporary = NULL;
-    if (need > TLS_KEEP) return *temporary = malloc(need);
-    if (tls_cap[slot] < need) {
-        free(tls_buf[slot]);
-        tls_buf[slot] = malloc(need);
-        tls_cap[slot] = tls_buf[slot] ? need : 0;
-    }
-    return tls_buf[slot];
 }
 
 /* ans_encode16(data (2n bytes, 2-aligned), rotate, P, lanes, chunk, contexts, threads)
