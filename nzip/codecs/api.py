@@ -53,15 +53,21 @@ def check_shape(dtype_name, shape) -> tuple[DType, tuple[int, ...], int]:
     return dtype, tuple(shape), count
 
 
+def check_payload(codec: Codec, payload, dtype: DType, count: int) -> None:
+    """The codec takes this dtype, and the payload could hold what the header promises:
+    checked before anything is allocated."""
+    codec.check_dtype(dtype)
+    if count * dtype.itemsize > len(payload) * codec.max_expansion + (1 << 20):
+        raise CorruptDataError(f"{codec.codec_id}: a payload of {len(payload)} bytes cannot hold "
+                               f"{count * dtype.itemsize} bytes: the header is corrupt")
+
+
 def decode_raw(codec: Codec, payload, dtype: DType, count: int, threads: int, raw_hash: str | None,
                out: np.ndarray | None = None) -> np.ndarray:
     """Run a codec's decoder; with raw_hash, also check that it produced exactly the bytes
     that were encoded (verification does; plain decoding relies on the payload checksum,
     which has already been checked, and saves a pass over the output)."""
-    codec.check_dtype(dtype)
-    if count * dtype.itemsize > len(payload) * codec.max_expansion + (1 << 20):
-        raise CorruptDataError(f"{codec.codec_id}: a payload of {len(payload)} bytes cannot hold "
-                               f"{count * dtype.itemsize} bytes: the header is corrupt")
+    check_payload(codec, payload, dtype, count)
     payload = memoryview(payload).cast("B")
     if out is not None and not codec.accepts_out:
         out[:] = codec.decode_payload(payload, dtype, count, resolve_threads(threads))
@@ -82,10 +88,7 @@ def decode_jobs(jobs: list, threads: int) -> None:
     codec's batch path (Codec.decode_payloads) sees all of its payloads at once."""
     groups: dict[int, tuple] = {}
     for codec, payload, dtype, count, out in jobs:
-        codec.check_dtype(dtype)
-        if count * dtype.itemsize > len(payload) * codec.max_expansion + (1 << 20):
-            raise CorruptDataError(f"{codec.codec_id}: a payload of {len(payload)} bytes cannot hold "
-                                   f"{count * dtype.itemsize} bytes: the header is corrupt")
+        check_payload(codec, payload, dtype, count)
         groups.setdefault(id(codec), (codec, []))[1].append((memoryview(payload).cast("B"), dtype, count, out))
     threads = resolve_threads(threads)
     for codec, group in groups.values():

@@ -98,25 +98,6 @@ static PyObject *planes_split(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* split16(src 2n bytes, hi n, lo n, rotate): the two planes of 16-bit elements into separate
- * buffers (so that chunks of one tensor can be split in parallel) */
-static PyObject *split16_py(PyObject *self, PyObject *args) {
-    Py_buffer b[3];
-    int rotate;
-    if (!PyArg_ParseTuple(args, "y*w*w*p", &b[0], &b[1], &b[2], &rotate)) return NULL;
-    Py_ssize_t n = b[1].len;
-    if (get_buffers(b, 3) < 0 || b[0].len != 2 * n || b[2].len != n || ((uintptr_t)b[0].buf & 1)) {
-        release(b, 3);
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "split16: bad sizes or alignment");
-        return NULL;
-    }
-    Py_BEGIN_ALLOW_THREADS
-    split16(b[0].buf, b[1].buf, b[2].buf, n, rotate);
-    Py_END_ALLOW_THREADS
-    release(b, 3);
-    Py_RETURN_NONE;
-}
-
 static PyObject *planes_join(PyObject *self, PyObject *args) {
     Py_buffer b[2];
     int itemsize, rotate;
@@ -1120,6 +1101,7 @@ static void quantize_counts(const int64_t *counts, int P, uint32_t *freq) {
     for (int s = 0; s < 256; s++) freq[s] = (uint32_t)f[s];
 }
 
+/* the same rule as rans.auto_lanes (which plans the other dtypes in Python) */
 static int auto_lanes_for(Py_ssize_t n) {
     return n >= (1 << 16) ? 64 : n >= (1 << 14) ? 32 : n >= (1 << 12) ? 16 : 8;
 }
@@ -1131,9 +1113,10 @@ typedef struct {
 } plane_plan;
 
 /* counts: the plane's 256 counts; joint: 256 x 256 (context value x symbol) or NULL */
-static void plan_plane(const int64_t *counts, const int64_t *joint, Py_ssize_t n, Py_ssize_t nchunks, int P,
+static void plan_plane(const int64_t *counts, const int64_t *joint, Py_ssize_t n, Py_ssize_t chunk, int P,
                        int lanes, plane_plan *pl) {
-    pl->lanes = lanes ? lanes : auto_lanes_for(n < 1 << 20 ? n : 1 << 20);
+    Py_ssize_t nchunks = (n + chunk - 1) / chunk;
+    pl->lanes = lanes ? lanes : auto_lanes_for(n < chunk ? n : chunk);
     double state = (4.0 * pl->lanes + 10) * (double)nchunks;
     double plain = entropy_bytes_of(counts) + table_bytes_of(counts, P) + state;
     pl->k = 0;
@@ -1331,8 +1314,8 @@ static PyObject *ans_encode16(PyObject *self, PyObject *args) {
             for (Py_ssize_t i = 0; i < nchunks; i++)
                 for (int s = 0; s < 256; s++) { top[s] += hist[i * 512 + s]; low[s] += hist[i * 512 + 256 + s]; }
         }
-        plan_plane(top, NULL, n, nchunks, P, lanes, &pl[0]);
-        plan_plane(low, joint, n, nchunks, P, lanes, &pl[1]);
+        plan_plane(top, NULL, n, chunk, P, lanes, &pl[0]);
+        plan_plane(low, joint, n, chunk, P, lanes, &pl[1]);
         Py_ssize_t a = write_plane(planes, NULL, n, chunk, P, &pl[0], top, threads, work, out);
         Py_ssize_t c = a < 0 ? -1 : write_plane(planes + n, planes, n, chunk, P, &pl[1], low, threads, work, out + a);
         if (a >= 0 && c >= 0) total = a + c;
@@ -1346,35 +1329,6 @@ static PyObject *ans_encode16(PyObject *self, PyObject *args) {
     }
     if (_PyBytes_Resize(&res, total) < 0) return NULL;
     return res;
-}
-
-/* joint_histogram(a u8[n], b u8[n], counts u64[65536]): counts[a << 8 | b] += 1.
- * 32-bit counters (half the cache footprint), flushed before they could overflow. */
-static PyObject *joint_histogram(PyObject *self, PyObject *args) {
-    Py_buffer b[3];
-    if (!PyArg_ParseTuple(args, "y*y*w*", &b[0], &b[1], &b[2])) return NULL;
-    if (get_buffers(b, 3) < 0 || b[0].len != b[1].len || b[2].len != 65536 * 8) {
-        release(b, 3);
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "joint_histogram: bad sizes");
-        return NULL;
-    }
-    const uint8_t *x = b[0].buf, *y = b[1].buf;
-    uint64_t *counts = b[2].buf;
-    Py_ssize_t n = b[0].len;
-    int bad = 0;
-    Py_BEGIN_ALLOW_THREADS
-    uint32_t *h = calloc(65536, sizeof(uint32_t));
-    bad = h == NULL;
-    for (Py_ssize_t i = 0; !bad && i < n;) {
-        Py_ssize_t stop = n - i > ((Py_ssize_t)1 << 31) ? i + ((Py_ssize_t)1 << 31) : n;
-        for (; i < stop; i++) h[(x[i] << 8) | y[i]]++;
-        for (int k = 0; k < 65536; k++) { counts[k] += h[k]; h[k] = 0; }
-    }
-    free(h);
-    Py_END_ALLOW_THREADS
-    release(b, 3);
-    if (bad) return PyErr_NoMemory();
-    Py_RETURN_NONE;
 }
 
 /* ---------------------------------------------------------- Huffman, DFloat11 layout
@@ -1633,7 +1587,6 @@ static PyObject *set_simd(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"planes_split", planes_split, METH_VARARGS, "planes_split(src, dst, itemsize, rotate)"},
-    {"split16", split16_py, METH_VARARGS, "split16(src, hi, lo, rotate)"},
     {"planes_join", planes_join, METH_VARARGS, "planes_join(src, dst, itemsize, rotate)"},
     {"set_simd", set_simd, METH_VARARGS, "set_simd(on) -> bool: use AVX-512 where the CPU has it"},
     {"histogram", histogram, METH_VARARGS, "histogram(src, counts_u64_256)"},
@@ -1642,7 +1595,6 @@ static PyMethodDef methods[] = {
     {"ans_decode16", ans_decode16, METH_VARARGS, "ans_decode16(payload, chunk, P, rotate, out, threads[, scratch]) -> 0/-1/-2"},
     {"ans_decode16_batch", ans_decode16_batch, METH_VARARGS, "ans_decode16_batch(jobs, threads) -> [rc]"},
     {"ans_encode16", ans_encode16, METH_VARARGS, "ans_encode16(data, rotate, P, lanes, chunk, contexts, threads) -> payload"},
-    {"joint_histogram", joint_histogram, METH_VARARGS, "joint_histogram(a, b, counts_u64_65536)"},
     {"bf16_split", bf16_split, METH_VARARGS, "bf16_split(src, exp, sign_mantissa)"},
     {"huff_encode", huff_encode, METH_VARARGS, "huff_encode(exp, code, length, block, dst, offsets) -> nbits"},
     {"dfloat11_decode", dfloat11_decode, METH_VARARGS, "dfloat11_decode(payload, block, limit, out, threads) -> 0/-1/-2"},
