@@ -10,7 +10,9 @@ from ..dtypes import DType, dtype_from_name, from_bytes, is_torch, to_bytes
 from ..errors import BadParameterError, CorruptDataError, FormatError, NzipError
 from ..formats import frame as frame_format
 from ..formats.checksum import xxh3
+from ..parallel import pmap
 from .registry import Codec, get, resolve_threads
+from .scratch import fresh_buffer
 
 # Refuse headers that describe more than this many bytes before allocating anything.
 MAX_DECODED_BYTES = 1 << 42
@@ -100,16 +102,18 @@ def decode_many(frames, out=None, threads: int = 0) -> list:
     because codecs decode their payloads in one batch across threads. out: optionally one
     preallocated buffer per frame (as for decode); otherwise the results are views of one
     freshly allocated buffer."""
-    parsed = []
-    for frame in frames:
+    def parse(frame):
         header, payload = frame_format.unpack(frame)
         dtype, shape, count = check_shape(header.get("dtype"), header.get("shape"))
         if header.get("kind") not in ("torch", "numpy") or not isinstance(header.get("codec"), dict):
             raise FormatError("frame header has no codec config or an unknown kind")
-        parsed.append((header, payload, dtype, shape, count))
+        return header, payload, dtype, shape, count
+
+    # the frames' checksums are checked side by side (xxh3 runs without the GIL)
+    parsed = pmap(parse, frames, resolve_threads(threads), cost=len)
     if out is None:
         sizes = [p[4] * p[2].itemsize for p in parsed]
-        arena = np.empty(sum(sizes) + 64 * len(sizes), np.uint8)
+        arena = fresh_buffer(sum(sizes) + 64 * len(sizes))
         bufs, pos = [], 0
         for size in sizes:
             bufs.append(arena[pos : pos + size])

@@ -1,4 +1,4 @@
-"""Per-thread scratch buffers for intermediate planes.
+"""Memory for decoding: per-thread scratch buffers, and pre-faulted output buffers.
 
 Decoding and encoding split tensors into byte planes that live only for one call;
 allocating them afresh every time costs page faults (and, across threads, contention in
@@ -15,6 +15,15 @@ import numpy as np
 KEEP_BYTES = 256 << 20  # larger buffers are not kept between calls
 
 _local = threading.local()
+
+
+def fresh_buffer(nbytes: int) -> np.ndarray:
+    """A new uint8 array whose pages are already faulted in, by this thread: page faults
+    taken by several decoding threads at once contend in the kernel and cost more than
+    the decoding itself."""
+    buf = np.empty(nbytes, np.uint8)
+    buf[::4096] = 0
+    return buf
 
 
 def scratch(nbytes: int, slot: int = 0) -> np.ndarray:

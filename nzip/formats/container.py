@@ -38,9 +38,10 @@ import numpy as np
 from ..codecs import get as get_codec
 from ..codecs.api import check_shape, decode_jobs, decode_raw
 from ..codecs.registry import Codec, resolve_threads
+from ..codecs.scratch import fresh_buffer
 from ..dtypes import DType, from_bytes
 from ..errors import ChecksumError, FormatError, NzipError, TruncatedError, VersionError
-from ..parallel import pmap_balanced
+from ..parallel import pmap, pmap_balanced
 from .atomic import atomic_write
 from .checksum import hasher, xxh3
 
@@ -255,15 +256,19 @@ class Container:
             offsets[n] = total
             total += shapes[n][2] * shapes[n][0].itemsize
             total += -total % ALIGN
-        arena = np.empty(total, np.uint8)
+        arena = fresh_buffer(total)
         outs = {n: arena[offsets[n] : offsets[n] + shapes[n][2] * shapes[n][0].itemsize] for n in names}
-        jobs = []
-        for n in names:
+        threads = resolve_threads(threads)
+
+        def job(n):
             e = self.entry(n)
             payload = self.payload(n)
             if f"{xxh3(payload):016x}" != e["xxh3"]:
                 raise ChecksumError(f"{self.path}: tensor {n!r} is corrupted (payload checksum mismatch)")
-            jobs.append((get_codec(e["codec"]), payload, shapes[n][0], shapes[n][2], outs[n]))
+            return get_codec(e["codec"]), payload, shapes[n][0], shapes[n][2], outs[n]
+
+        # checksums side by side (xxh3 runs without the GIL), then one batched decode
+        jobs = pmap(job, names, threads, cost=lambda n: self._entries[n]["size"])
         try:
             decode_jobs(jobs, threads)
         except NzipError as exc:  # a batch cannot tell which tensor: find it one by one
