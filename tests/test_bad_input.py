@@ -1,6 +1,5 @@
 """Bad input gets a clear nzip error (a ValueError), never a crash, hang or huge allocation."""
 
-import json
 import struct
 
 import numpy as np

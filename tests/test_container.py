@@ -199,3 +199,26 @@ def test_bad_safetensors_input(tmp_path):
         with pytest.raises(NzipError):
             safetensors.pack(p, tmp_path / "bad.nz", overwrite=True)
         assert not (tmp_path / "bad.nz").exists()
+
+
+def test_unpack_checks_the_original_checksum(tmp_path):
+    """A container whose record of the original file disagrees with what it unpacks to:
+    unpack refuses, and no output is left under the final name."""
+    from nzip.formats.checksum import xxh3
+
+    src = tmp_path / "m.safetensors"
+    make_safetensors(src)
+    safetensors.pack(src, tmp_path / "m.nz")
+    good = (tmp_path / "m.nz").read_bytes()
+    (hlen,) = struct.unpack_from("<Q", good, 16)
+    header = json.loads(good[32 : 32 + hlen])
+    header["source"]["xxh3"] = "0" * 16
+    hb = json.dumps(header).encode()
+    data = good[32 + hlen + (-(32 + hlen) % 64) : -16]
+    body = container._FIXED.pack(container.MAGIC, 1, 0, 0, len(hb), xxh3(hb)) + hb + b"\0" * (-(32 + len(hb)) % 64) + data
+    forged = tmp_path / "forged.nz"
+    forged.write_bytes(body + container.END + struct.pack("<Q", len(body) + 16))
+    with container.Container(forged) as box:
+        with pytest.raises(ChecksumError, match="original"):
+            safetensors.unpack(box, tmp_path / "out.safetensors")
+    assert not (tmp_path / "out.safetensors").exists()

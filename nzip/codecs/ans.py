@@ -32,10 +32,10 @@ import struct
 
 import numpy as np
 
-from ..errors import CorruptDataError
+from ..errors import BadParameterError, CorruptDataError
 from ..parallel import pmap
 from .entropy import _entropy, rans
-from .payload import Reader
+from .payload import Reader, check_status
 from .planes import PLANE_DTYPES, join, split, word_size
 from .registry import Codec, register
 from .scratch import scratch
@@ -63,8 +63,6 @@ class Ans(Codec):
         self._check_int("lanes", 0, rans.MAX_LANES)
         self._check_int("chunk", 1 << 10, 1 << 30)
         if not isinstance(self.contexts, bool):
-            from ..errors import BadParameterError
-
             raise BadParameterError(f"ans: contexts must be true or false, got {self.contexts!r}")
 
     def _spans(self, n: int) -> list[tuple[int, int]]:
@@ -112,10 +110,7 @@ class Ans(Codec):
                 rc = _entropy.ans_decode16(payload, self.chunk, self.precision, dtype.is_float, out, threads, scratch(n))
             else:  # one thread decodes in place, without scratch memory
                 rc = _entropy.ans_decode16(payload, self.chunk, self.precision, dtype.is_float, out, 1)
-            if rc == -2:
-                raise MemoryError("ans: out of memory")
-            if rc != 0:
-                raise CorruptDataError("ans: payload is corrupt")
+            check_status(rc, "ans")
             return out
         r = Reader(payload, "ans")
         sections = []
@@ -140,10 +135,8 @@ class Ans(Codec):
         if narrow:
             rcs = _entropy.ans_decode16_batch([(p, out, self.chunk, self.precision, d.is_float) for p, d, c, out in narrow],
                                               threads)
-            if -2 in rcs:
-                raise MemoryError("ans: out of memory")
-            if any(rcs):
-                raise CorruptDataError("ans: payload is corrupt")
+            for rc in rcs:
+                check_status(rc, "ans")
         if wide:
             super().decode_payloads(wide, threads)
 

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import CorruptDataError
 from ..parallel import split_big
 from .entropy import _entropy, huffman, rans
+from .payload import check_status
 from .registry import Codec, register
 
 PAD = 8
@@ -62,7 +62,7 @@ class DFloat11(Codec):
 
     def decode_payload(self, payload, dtype, count, threads, out=None):
         out = np.empty(2 * count, np.uint8) if out is None else out
-        self._check(_entropy.dfloat11_decode(payload, self.block, self.code_length_limit, out, threads))
+        check_status(_entropy.dfloat11_decode(payload, self.block, self.code_length_limit, out, threads), "dfloat11")
         return out
 
     def decode_payloads(self, jobs: list, threads: int) -> None:
@@ -75,11 +75,4 @@ class DFloat11(Codec):
             rcs = _entropy.dfloat11_decode_batch([(p, out, self.block, self.code_length_limit) for p, d, c, out in small],
                                                  threads)
             for rc in rcs:
-                self._check(rc)
-
-    @staticmethod
-    def _check(rc: int) -> None:
-        if rc == -2:
-            raise MemoryError("dfloat11: out of memory")
-        if rc != 0:
-            raise CorruptDataError("dfloat11: payload is corrupt")
+                check_status(rc, "dfloat11")

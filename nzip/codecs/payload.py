@@ -9,6 +9,14 @@ import numpy as np
 from ..errors import CorruptDataError
 
 
+def check_status(rc: int, what: str) -> None:
+    """Turn a compiled decoder's status (0 ok, -1 corrupt, -2 out of memory) into errors."""
+    if rc == -2:
+        raise MemoryError(f"{what}: out of memory")
+    if rc != 0:
+        raise CorruptDataError(f"{what}: payload is corrupt")
+
+
 class Reader:
     def __init__(self, buf: memoryview, what: str) -> None:
         self.buf = buf

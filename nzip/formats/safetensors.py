@@ -4,11 +4,23 @@ so that a packed file unpacks to the identical file (header text and padding inc
 
 from __future__ import annotations
 
+import base64
 import json
+import mmap
+import os
 import struct
 from dataclasses import dataclass
 
-from ..errors import FormatError, TruncatedError
+import numpy as np
+
+from ..codecs.auto import resolve
+from ..codecs.registry import resolve_threads
+from ..dtypes import dtype_from_name
+from ..errors import ChecksumError, FormatError, TruncatedError
+from ..parallel import pmap
+from . import container
+from .atomic import atomic_write
+from .checksum import hasher, xxh3
 
 # safetensors dtype code -> nzip dtype name
 DTYPE_NAMES = {
@@ -75,17 +87,6 @@ def parse(buf) -> Layout:
 
 def pack(src, dst, codec="auto", threads: int = 0, overwrite: bool = False, progress=None) -> dict:
     """Pack a .safetensors file into a container that unpacks to the identical file."""
-    import base64
-    import mmap
-    import os
-
-    import numpy as np
-
-    from ..codecs.auto import resolve
-    from ..dtypes import dtype_from_name
-    from . import container
-    from .checksum import xxh3
-
     with open(src, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
@@ -121,7 +122,7 @@ def pack(src, dst, codec="auto", threads: int = 0, overwrite: bool = False, prog
             return container.write(dst, items(), metadata=layout.metadata, source=source,
                                    threads=threads, overwrite=overwrite, progress=progress)
         finally:
-            del view
+            view = None  # release the map's export before closing it
             if isinstance(mm, mmap.mmap):
                 try:
                     mm.close()
@@ -132,13 +133,6 @@ def pack(src, dst, codec="auto", threads: int = 0, overwrite: bool = False, prog
 def unpack(box, dst, threads: int = 0, overwrite: bool = False, progress=None) -> None:
     """Write the original .safetensors file back from an opened Container, byte for byte
     (checked against the original file's checksum before the output gets its name)."""
-    import base64
-
-    from ..codecs.registry import resolve_threads
-    from ..parallel import pmap
-    from .atomic import atomic_write
-    from .checksum import hasher
-
     source = box.header.get("source")
     if not source or source.get("kind") != "safetensors":
         raise FormatError(f"{box.path} was not packed from a .safetensors file")
