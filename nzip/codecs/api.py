@@ -12,7 +12,7 @@ from ..formats import frame as frame_format
 from ..formats.checksum import xxh3
 from ..parallel import pmap
 from .registry import Codec, get, resolve_threads
-from .scratch import fresh_buffer
+from .scratch import fresh_buffers
 
 # Refuse headers that describe more than this many bytes before allocating anything.
 MAX_DECODED_BYTES = 1 << 42
@@ -71,11 +71,8 @@ def decode_raw(codec: Codec, payload, dtype: DType, count: int, threads: int, ra
     which has already been checked, and saves a pass over the output)."""
     check_payload(codec, payload, dtype, count)
     payload = memoryview(payload).cast("B")
-    if out is not None and not codec.accepts_out:
-        out[:] = codec.decode_payload(payload, dtype, count, resolve_threads(threads))
-        raw = out
-    elif out is not None:
-        raw = codec.decode_payload(payload, dtype, count, resolve_threads(threads), out=out)
+    if out is not None:
+        raw = codec.decode_into(payload, dtype, count, resolve_threads(threads), out)
     else:
         raw = codec.decode_payload(payload, dtype, count, resolve_threads(threads))
     if raw.dtype != np.uint8 or raw.size != count * dtype.itemsize:
@@ -102,22 +99,10 @@ def decode_many(frames, out=None, threads: int = 0) -> list:
     because codecs decode their payloads in one batch across threads. out: optionally one
     preallocated buffer per frame (as for decode); otherwise the results are views of one
     freshly allocated buffer."""
-    def parse(frame):
-        header, payload = frame_format.unpack(frame)
-        dtype, shape, count = check_shape(header.get("dtype"), header.get("shape"))
-        if header.get("kind") not in ("torch", "numpy") or not isinstance(header.get("codec"), dict):
-            raise FormatError("frame header has no codec config or an unknown kind")
-        return header, payload, dtype, shape, count
-
     # the frames' checksums are checked side by side (xxh3 runs without the GIL)
-    parsed = pmap(parse, frames, resolve_threads(threads), cost=len)
+    parsed = pmap(_parse_frame, frames, resolve_threads(threads), cost=len)
     if out is None:
-        sizes = [p[4] * p[2].itemsize for p in parsed]
-        arena = fresh_buffer(sum(sizes) + 64 * len(sizes))
-        bufs, pos = [], 0
-        for size in sizes:
-            bufs.append(arena[pos : pos + size])
-            pos += size + (-size % 64)
+        bufs = fresh_buffers([p[4] * p[2].itemsize for p in parsed])
     else:
         if len(out) != len(parsed):
             raise BadParameterError("decode_many: one out buffer per frame")
@@ -129,12 +114,26 @@ def decode_many(frames, out=None, threads: int = 0) -> list:
     return [from_bytes(buf, dtype, shape, h["kind"]) for (h, _, dtype, shape, _), buf in zip(parsed, bufs)]
 
 
+def _parse_frame(frame) -> tuple[dict, memoryview, DType, tuple[int, ...], int]:
+    """Check a frame (checksum first) and its header: (header, payload, dtype, shape, count)."""
+    header, payload = frame_format.unpack(frame)
+    dtype, shape, count = check_shape(header.get("dtype"), header.get("shape"))
+    kind = header.get("kind")
+    if kind not in ("torch", "numpy"):
+        raise FormatError(f"frame header has an unknown kind {kind!r}")
+    if not isinstance(header.get("codec"), dict):
+        raise FormatError("frame header has no codec config")
+    return header, payload, dtype, shape, count
+
+
 def _out_bytes(out, nbytes: int) -> np.ndarray:
     """A flat uint8 view of a caller's output buffer (numpy array or CPU torch tensor)."""
     if is_torch(out):
         if out.device.type != "cpu" or not out.is_contiguous():
             raise BadParameterError("out must be a contiguous CPU tensor")
-        flat = out.reshape(-1).view(torch_uint8()) if out.numel() else out.reshape(-1)
+        import torch
+
+        flat = out.reshape(-1).view(torch.uint8) if out.numel() else out.reshape(-1)
         arr = flat.numpy()
     elif isinstance(out, np.ndarray):
         if not out.flags.c_contiguous or not out.flags.writeable:
@@ -147,30 +146,17 @@ def _out_bytes(out, nbytes: int) -> np.ndarray:
     return arr
 
 
-def torch_uint8():
-    import torch
-
-    return torch.uint8
-
-
 def decode(frame, device=None, threads: int = 0, verify: bool = False, out=None):
     """Decode a frame from `encode`: returns the same kind (numpy/torch), dtype, shape and
     bits. device (torch only) moves the result, e.g. device="cuda". The frame's checksum
     is always checked; verify=True also checks the decoded bytes against the checksum of
     the original taken at encode time. With out= (a numpy array or CPU tensor of the right
     size in bytes, any dtype), the data is decoded into it and out is returned."""
-    header, payload = frame_format.unpack(frame)
-    dtype, shape, count = check_shape(header.get("dtype"), header.get("shape"))
-    kind = header.get("kind")
-    if kind not in ("torch", "numpy"):
-        raise FormatError(f"frame header has an unknown kind {kind!r}")
-    config = header.get("codec")
-    if not isinstance(config, dict):
-        raise FormatError("frame header has no codec config")
-    codec = get(config)
+    header, payload, dtype, shape, count = _parse_frame(frame)
+    codec = get(header["codec"])
     if out is not None:
         decode_raw(codec, payload, dtype, count, threads, header.get("raw_xxh3") if verify else None,
                    out=_out_bytes(out, count * dtype.itemsize))
         return out
     raw = decode_raw(codec, payload, dtype, count, threads, header.get("raw_xxh3") if verify else None)
-    return from_bytes(raw, dtype, shape, kind, device=device)
+    return from_bytes(raw, dtype, shape, header["kind"], device=device)

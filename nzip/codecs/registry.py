@@ -124,14 +124,14 @@ class Codec:
         compiled batch path override it."""
         from ..parallel import pmap_balanced
 
-        def run(job, th):
-            payload, dtype, count, out = job
-            if self.accepts_out:
-                self.decode_payload(payload, dtype, count, th, out=out)
-            else:
-                out[:] = self.decode_payload(payload, dtype, count, th)
+        pmap_balanced(lambda job, th: self.decode_into(*job[:3], th, job[3]), jobs, threads, cost=lambda j: len(j[0]))
 
-        pmap_balanced(run, jobs, threads, cost=lambda j: len(j[0]))
+    def decode_into(self, payload: memoryview, dtype: DType, count: int, threads: int, out: np.ndarray) -> np.ndarray:
+        """decode_payload into a preallocated buffer, copying for codecs without `out`."""
+        if self.accepts_out:
+            return self.decode_payload(payload, dtype, count, threads, out=out)
+        out[:] = self.decode_payload(payload, dtype, count, threads)
+        return out
 
 
 _registry: dict[str, type[Codec]] = {}

@@ -17,13 +17,18 @@ KEEP_BYTES = 256 << 20  # larger buffers are not kept between calls
 _local = threading.local()
 
 
-def fresh_buffer(nbytes: int) -> np.ndarray:
-    """A new uint8 array whose pages are already faulted in, by this thread: page faults
-    taken by several decoding threads at once contend in the kernel and cost more than
-    the decoding itself."""
-    buf = np.empty(nbytes, np.uint8)
-    buf[::4096] = 0
-    return buf
+def fresh_buffers(sizes: list[int], align: int = 64) -> list[np.ndarray]:
+    """New uint8 buffers of these sizes, carved `align`-aligned out of one allocation whose
+    pages are already faulted in, by this thread: one large allocation is far cheaper to
+    fault in than many small ones, and page faults taken by several decoding threads at
+    once contend in the kernel and cost more than the decoding itself."""
+    offsets, total = [], 0
+    for size in sizes:
+        offsets.append(total)
+        total += size + (-size % align)
+    arena = np.empty(total, np.uint8)
+    arena[::4096] = 0
+    return [arena[o : o + size] for o, size in zip(offsets, sizes)]
 
 
 def scratch(nbytes: int, slot: int = 0) -> np.ndarray:

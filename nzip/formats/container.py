@@ -38,7 +38,7 @@ import numpy as np
 from ..codecs import get as get_codec
 from ..codecs.api import check_shape, decode_jobs, decode_raw
 from ..codecs.registry import Codec, resolve_threads
-from ..codecs.scratch import fresh_buffer
+from ..codecs.scratch import fresh_buffers
 from ..dtypes import DType, from_bytes
 from ..errors import ChecksumError, FormatError, NzipError, TruncatedError, VersionError
 from ..parallel import pmap, pmap_balanced
@@ -219,14 +219,19 @@ class Container:
         start = self.data_start + e["offset"]
         return self._buf[start : start + e["size"]]
 
+    def checked_payload(self, name: str) -> memoryview:
+        """The tensor's payload, after checking its checksum."""
+        payload = self.payload(name)
+        if f"{xxh3(payload):016x}" != self.entry(name)["xxh3"]:
+            raise ChecksumError(f"{self.path}: tensor {name!r} is corrupted (payload checksum mismatch)")
+        return payload
+
     def get_raw(self, name: str, threads: int = 0, verify: bool = False, out: np.ndarray | None = None) -> np.ndarray:
         """The tensor's bytes, decoded (into `out` when given); the payload checksum is
         always checked, and with verify=True the decoded bytes are checked against the
         original's checksum too."""
         e = self.entry(name)
-        payload = self.payload(name)
-        if f"{xxh3(payload):016x}" != e["xxh3"]:
-            raise ChecksumError(f"{self.path}: tensor {name!r} is corrupted (payload checksum mismatch)")
+        payload = self.checked_payload(name)
         dtype, _, count = check_shape(e["dtype"], e["shape"])
         try:
             return decode_raw(get_codec(e["codec"]), payload, dtype, count, threads,
@@ -251,21 +256,11 @@ class Container:
         allocation is far cheaper to fault in than a hundred small ones."""
         names = list(self._entries if keys is None else keys)
         shapes = {n: check_shape(self.entry(n)["dtype"], self.entry(n)["shape"]) for n in names}
-        offsets, total = {}, 0
-        for n in names:
-            offsets[n] = total
-            total += shapes[n][2] * shapes[n][0].itemsize
-            total += -total % ALIGN
-        arena = fresh_buffer(total)
-        outs = {n: arena[offsets[n] : offsets[n] + shapes[n][2] * shapes[n][0].itemsize] for n in names}
+        outs = dict(zip(names, fresh_buffers([shapes[n][2] * shapes[n][0].itemsize for n in names], ALIGN)))
         threads = resolve_threads(threads)
 
         def job(n):
-            e = self.entry(n)
-            payload = self.payload(n)
-            if f"{xxh3(payload):016x}" != e["xxh3"]:
-                raise ChecksumError(f"{self.path}: tensor {n!r} is corrupted (payload checksum mismatch)")
-            return get_codec(e["codec"]), payload, shapes[n][0], shapes[n][2], outs[n]
+            return get_codec(self.entry(n)["codec"]), self.checked_payload(n), shapes[n][0], shapes[n][2], outs[n]
 
         # checksums side by side (xxh3 runs without the GIL), then one batched decode
         jobs = pmap(job, names, threads, cost=lambda n: self._entries[n]["size"])
