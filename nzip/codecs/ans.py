@@ -36,7 +36,7 @@ from ..errors import BadParameterError, CorruptDataError
 from ..parallel import pmap
 from .entropy import _entropy, rans
 from .payload import Reader, check_status
-from .planes import PLANE_DTYPES, join, split, word_size
+from .planes import PLANE_DTYPES, chunk_spans, join, split, word_size
 from .registry import Codec, register
 from .scratch import scratch
 
@@ -65,13 +65,10 @@ class Ans(Codec):
         if not isinstance(self.contexts, bool):
             raise BadParameterError(f"ans: contexts must be true or false, got {self.contexts!r}")
 
-    def _spans(self, n: int) -> list[tuple[int, int]]:
-        return [(a, min(a + self.chunk, n)) for a in range(0, n, self.chunk)]
-
     def _streams(self, plane, freqs, lanes, threads) -> list:
         """[chunk sizes, stream, stream, ...]: parts, concatenated once by the caller."""
         streams = pmap(lambda s: rans.encode(plane[s[0] : s[1]], freqs, self.precision, lanes),
-                       self._spans(plane.size), threads)
+                       chunk_spans(plane.size, self.chunk), threads)
         return [np.array([len(s) for s in streams], "<u8").tobytes(), *streams]
 
     def _encode_plane(self, plane: np.ndarray, threads: int) -> list:
@@ -79,7 +76,7 @@ class Ans(Codec):
         n = plane.size
         lanes = self.lanes or rans.auto_lanes(min(n, self.chunk))
         counts = rans.histogram(plane)
-        estimate = float(_entropy_bytes(counts)[0]) + rans.table_bytes(counts) + (4 * lanes + 10) * len(self._spans(n))
+        estimate = float(_entropy_bytes(counts)[0]) + rans.table_bytes(counts) + (4 * lanes + 10) * len(chunk_spans(n, self.chunk))
         if estimate < n:
             freqs = rans.quantize(counts, self.precision)
             section = [bytes([lanes]), rans.pack_table(freqs), *self._streams(plane, freqs, lanes, threads)]
@@ -149,7 +146,7 @@ class Ans(Codec):
             return
         if method != RANS:  # (context coding exists for 16-bit types only)
             raise CorruptDataError(f"ans: unknown plane method {method}")
-        spans = self._spans(n)
+        spans = chunk_spans(n, self.chunk)
         r = Reader(body, "ans")
         lanes = r.u8()
         if not 1 <= lanes <= rans.MAX_LANES:

@@ -57,6 +57,11 @@ def join(planes: np.ndarray, dtype, out: np.ndarray | None = None) -> np.ndarray
     return out
 
 
+def chunk_spans(n: int, chunk: int) -> list[tuple[int, int]]:
+    """[start, end) of each chunk of n elements."""
+    return [(a, min(a + chunk, n)) for a in range(0, n, chunk)]
+
+
 def encode_block(block: np.ndarray, precision: int, lanes: int, zstd_level: int) -> bytes:
     """Smallest of raw / rANS / zstd for one plane of one chunk, with its method byte."""
     best_method, best = RAW, block.tobytes()
@@ -107,8 +112,6 @@ class Planes(Codec):
         self._check_int("lanes", 0, rans.MAX_LANES)
         self._check_int("zstd_level", 0, 22)
 
-    def _chunks(self, n_words: int) -> list[tuple[int, int]]:
-        return [(a, min(a + self.chunk, n_words)) for a in range(0, n_words, self.chunk)]
 
     def encode_payload(self, data, dtype, threads):
         word = word_size(dtype)
@@ -122,14 +125,14 @@ class Planes(Codec):
             return b"".join(encode_block(planes[k * m : (k + 1) * m], self.precision, self.lanes, self.zstd_level)
                             for k in range(word))
 
-        chunks = pmap(encode_chunk, self._chunks(n), threads)
+        chunks = pmap(encode_chunk, chunk_spans(n, self.chunk), threads)
         sizes = np.array([len(c) for c in chunks], "<u8").tobytes()
         return b"".join([sizes, *chunks])
 
     def decode_payload(self, payload, dtype, count, threads, out=None):
         word = word_size(dtype)
         n = count * dtype.itemsize // word
-        spans = self._chunks(n)
+        spans = chunk_spans(n, self.chunk)
         r = Reader(payload, "planes")
         sizes = r.array("<u8", len(spans))
         if int(sizes.sum()) != len(payload) - r.pos:

@@ -1003,12 +1003,12 @@ static PyObject *ans_decode16_batch(PyObject *self, PyObject *args) {
     return res;
 }
 
-/* Batched entry point: many (payload, out, size, param[, flag]) jobs decoded in one call,
+/* Batched entry point: many (payload, out, size, param) jobs decoded in one call,
  * spread over `threads` threads, one GIL release for a whole model's worth of tensors. */
 typedef struct {
     Py_buffer payload, out;
     Py_ssize_t size; /* dfloat11: block */
-    int param, flag, rc; /* dfloat11: code length limit */
+    int param, rc;   /* dfloat11: code length limit */
 } batch_job;
 
 static PyObject *run_batch(PyObject *args, void (*one)(void *, Py_ssize_t), int max_param, const char *name) {
@@ -1021,7 +1021,7 @@ static PyObject *run_batch(PyObject *args, void (*one)(void *, Py_ssize_t), int 
     int ok = 1;
     for (; got < m && ok; got++) {
         batch_job *j = &jobs[got];
-        ok = PyArg_ParseTuple(PyList_GET_ITEM(list, got), "y*w*ni|p", &j->payload, &j->out, &j->size, &j->param, &j->flag);
+        ok = PyArg_ParseTuple(PyList_GET_ITEM(list, got), "y*w*ni", &j->payload, &j->out, &j->size, &j->param);
         if (ok && (!PyBuffer_IsContiguous(&j->out, 'C') || j->out.len % 2 || j->size < 1 || j->param < 1 ||
                    j->param > max_param)) {
             PyBuffer_Release(&j->payload);

@@ -1,8 +1,9 @@
 """Order-0 interleaved rANS over bytes.
 
-A stream codes n byte symbols with one frequency table (quantized to 2**precision);
-`lanes` states are interleaved for instruction-level parallelism. Tables serialize to a
-32-byte presence bitmap plus one u16 per present symbol.
+A stream codes n byte symbols with one frequency table (quantized to 2**precision), or
+with one table per context (the value of another plane at the same position); `lanes`
+states are interleaved for instruction-level parallelism. Tables serialize to a 32-byte
+presence bitmap, a width byte, and freq - 1 of each present symbol in that width.
 """
 
 from __future__ import annotations
