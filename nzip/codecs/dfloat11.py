@@ -52,13 +52,14 @@ class DFloat11(Codec):
         nbits = _entropy.huff_encode(exp, codes, lengths, self.block, stream, offsets) if n else 0
         block_bits = np.diff(np.append(offsets, np.uint64(nbits)))
         present = lengths > 0
-        return b"".join([
+        # parts, joined once by the frame or written one by one by the container
+        return [
             np.packbits(present).tobytes(),
             lengths[present].tobytes(),
             block_bits.astype("<u2").tobytes(),
-            bytes(memoryview(stream)[: -(-nbits // 8) + PAD]),
-            sm.tobytes(),
-        ])
+            memoryview(stream)[: -(-nbits // 8) + PAD],
+            memoryview(sm),
+        ]
 
     def decode_payload(self, payload, dtype, count, threads, out=None):
         out = np.empty(2 * count, np.uint8) if out is None else out
