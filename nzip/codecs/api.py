@@ -114,6 +114,28 @@ def decode_many(frames, out=None, threads: int = 0) -> list:
     return [from_bytes(buf, dtype, shape, h["kind"]) for (h, _, dtype, shape, _), buf in zip(parsed, bufs)]
 
 
+def decode_on_device(codec: Codec, payload, dtype: DType, count: int, shape: tuple, device):
+    """Decode on a GPU when the codec has a GPU decoder: only the compressed bytes travel.
+    None when it has none (or device is the CPU): the caller decodes on the CPU."""
+    if device is None:
+        return None
+    import torch
+
+    if torch.device(device).type == "cpu":
+        return None
+    check_payload(codec, payload, dtype, count)
+    resident = codec.to_device(memoryview(payload).cast("B"), dtype, count, device)
+    if resident is None:
+        return None
+    return codec.decode_on_device([resident])[0].view(shape)
+
+
+def _check_raw_hash(tensor, expected: str | None, codec: Codec) -> None:
+    raw = to_bytes(tensor.detach().cpu())[0]
+    if expected is not None and f"{xxh3(raw):016x}" != expected:
+        raise CorruptDataError(f"{codec.codec_id}: decoded bytes do not match the checksum of the original")
+
+
 def _parse_frame(frame) -> tuple[dict, memoryview, DType, tuple[int, ...], int]:
     """Check a frame (checksum first) and its header: (header, payload, dtype, shape, count)."""
     header, payload = frame_format.unpack(frame)
@@ -154,6 +176,12 @@ def decode(frame, device=None, threads: int = 0, verify: bool = False, out=None)
     size in bytes, any dtype), the data is decoded into it and out is returned."""
     header, payload, dtype, shape, count = _parse_frame(frame)
     codec = get(header["codec"])
+    if out is None and header["kind"] == "torch":
+        on_device = decode_on_device(codec, payload, dtype, count, shape, device)
+        if on_device is not None:
+            if verify:
+                _check_raw_hash(on_device, header.get("raw_xxh3"), codec)
+            return on_device
     if out is not None:
         decode_raw(codec, payload, dtype, count, threads, header.get("raw_xxh3") if verify else None,
                    out=_out_bytes(out, count * dtype.itemsize))

@@ -77,3 +77,17 @@ class DFloat11(Codec):
                                                  threads)
             for rc in rcs:
                 check_status(rc, "dfloat11")
+
+    def to_device(self, payload, dtype, count, device):
+        import torch
+
+        if torch.device(device).type != "cuda":
+            return None
+        from ..kernels import dfloat11 as gpu
+
+        return gpu.upload(payload, count, self.block, self.code_length_limit, device)
+
+    def decode_on_device(self, resident_list, outs=None, check=True):
+        from ..kernels import dfloat11 as gpu
+
+        return gpu.decode_batch(resident_list, outs, check)

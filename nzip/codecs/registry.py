@@ -126,6 +126,15 @@ class Codec:
 
         pmap_balanced(lambda job, th: self.decode_into(*job[:3], th, job[3]), jobs, threads, cost=lambda j: len(j[0]))
 
+    def to_device(self, payload: memoryview, dtype: DType, count: int, device):
+        """A GPU-resident form of the payload that `decode_on_device` decodes, or None when
+        this codec has no GPU decoder (then nzip decodes on the CPU and copies)."""
+        return None
+
+    def decode_on_device(self, resident_list: list, outs: list | None = None, check: bool = True) -> list:
+        """Decode GPU-resident payloads (from to_device) in one batch: flat tensors."""
+        raise NotImplementedError
+
     def decode_into(self, payload: memoryview, dtype: DType, count: int, threads: int, out: np.ndarray) -> np.ndarray:
         """decode_payload into a preallocated buffer, copying for codecs without `out`."""
         if self.accepts_out:

@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from ..codecs import get as get_codec
-from ..codecs.api import check_shape, decode_jobs, decode_raw
+from ..codecs.api import check_shape, decode_jobs, decode_on_device, decode_raw
 from ..codecs.registry import Codec, resolve_threads
 from ..codecs.scratch import fresh_buffers
 from ..dtypes import DType, from_bytes
@@ -243,7 +243,11 @@ class Container:
         """Decode one tensor: a torch tensor (framework="torch", optionally on `device`) or
         a numpy array (framework="numpy"; bf16/fp8 come back as same-width uint views)."""
         e = self.entry(name)
-        dtype, shape, _ = check_shape(e["dtype"], e["shape"])
+        dtype, shape, count = check_shape(e["dtype"], e["shape"])
+        if framework == "torch":
+            on_device = decode_on_device(get_codec(e["codec"]), self.checked_payload(name), dtype, count, shape, device)
+            if on_device is not None:
+                return on_device
         return from_bytes(self.get_raw(name, threads), dtype, shape, framework, device)
 
     def __getitem__(self, name: str):
@@ -255,6 +259,8 @@ class Container:
         freshly allocated buffer (each tensor a view of it, 64-byte aligned): one large
         allocation is far cheaper to fault in than a hundred small ones."""
         names = list(self._entries if keys is None else keys)
+        if framework == "torch" and device is not None and _is_gpu(device):
+            return self._tensors_on_gpu(names, device, threads)
         shapes = {n: check_shape(self.entry(n)["dtype"], self.entry(n)["shape"]) for n in names}
         outs = dict(zip(names, fresh_buffers([shapes[n][2] * shapes[n][0].itemsize for n in names], ALIGN)))
         threads = resolve_threads(threads)
@@ -271,6 +277,28 @@ class Container:
                 self.get_raw(n, 1)
             raise exc
         return {n: from_bytes(outs[n], shapes[n][0], shapes[n][1], framework, device) for n in names}
+
+    def _tensors_on_gpu(self, names: list[str], device, threads: int) -> dict:
+        """Tensors whose codec decodes on the GPU travel compressed and are decoded there,
+        one launch per codec; the others are decoded on the CPU and copied."""
+        resident: dict[int, tuple[Codec, list, list]] = {}
+        on_cpu = []
+        for n in names:
+            e = self.entry(n)
+            dtype, shape, count = check_shape(e["dtype"], e["shape"])
+            codec = get_codec(e["codec"])
+            r = codec.to_device(self.checked_payload(n), dtype, count, device) if count else None
+            if r is None:
+                on_cpu.append(n)
+            else:
+                group = resident.setdefault(id(codec), (codec, [], []))
+                group[1].append(n)
+                group[2].append(r)
+        out = self.tensors(on_cpu, device, "torch", threads) if on_cpu else {}
+        for codec, group_names, residents in resident.values():
+            for n, flat in zip(group_names, codec.decode_on_device(residents)):
+                out[n] = flat.view(tuple(self.entry(n)["shape"]))
+        return {n: out[n] for n in names}
 
     def verify(self, threads: int = 0) -> None:
         """Check every checksum and decode every tensor; raises naming the first bad one."""
@@ -303,3 +331,9 @@ class Container:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _is_gpu(device) -> bool:
+    import torch
+
+    return torch.device(device).type != "cpu"

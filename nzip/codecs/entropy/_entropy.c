@@ -1572,6 +1572,89 @@ static PyObject *dfloat11_decode_batch(PyObject *self, PyObject *args) {
     return run_batch(args, df11_batch_one, 16, "dfloat11_decode_batch");
 }
 
+/* ------------------------------------------------- the DFloat11 project's own layout */
+
+/* Their exponent stream is one Huffman stream (MSB-first, any prefix code of at most 32
+ * bits) decoded through byte-indexed tables: luts[0][next byte] is an exponent, or, when
+ * >= 240, a pointer 256 - r to table r for the next byte; the last table holds each
+ * exponent's code length. For parallel decoding the stream is cut into windows of
+ * window_bytes (threads_per_block * bytes_per_thread): `starts[k]` is the first element
+ * whose code starts in window k, and 5-bit `gaps` give, per thread of bytes_per_thread,
+ * the offset of the first code starting in it. Here one CPU thread decodes a window. */
+typedef struct {
+    const uint8_t *luts, *codes, *sm, *gaps;
+    const uint32_t *starts;
+    Py_ssize_t n_luts, n_bytes, n, nwin, window_bytes, gap_index_step;
+    uint8_t *dst;
+    int bad;
+} df11ref_job;
+
+static inline uint64_t df11ref_peek(const uint8_t *codes, Py_ssize_t n_bytes, uint64_t bit) {
+    /* the 64 bits from `bit` on, MSB-first; zeros past the end */
+    Py_ssize_t at = (Py_ssize_t)(bit >> 3);
+    unsigned skip = (unsigned)(bit & 7);
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) v = (v << 8) | (uint64_t)(at + i < n_bytes ? codes[at + i] : 0);
+    if (skip) v = (v << skip) | ((uint64_t)(at + 8 < n_bytes ? codes[at + 8] : 0) >> (8 - skip));
+    return v;
+}
+
+static void df11ref_window(void *arg, Py_ssize_t k) {
+    df11ref_job *j = arg;
+    const uint32_t first = j->starts[k], last = j->starts[k + 1];
+    if (first > last || last > (uint64_t)j->n) { j->bad = 1; return; }
+    Py_ssize_t g = k * j->gap_index_step; /* the window's first thread */
+    uint64_t gbit = (uint64_t)g * 5;
+    unsigned gap = (unsigned)((((unsigned)j->gaps[gbit >> 3] << 8) | j->gaps[(gbit >> 3) + 1]) >> (11 - (gbit & 7))) & 31;
+    uint64_t bit = (uint64_t)k * j->window_bytes * 8 + gap, end = (uint64_t)(k + 1) * j->window_bytes * 8;
+    const uint8_t *lens = j->luts + 256 * (j->n_luts - 1);
+    for (uint32_t e = first; e < last; e++) {
+        if (bit >= end) { j->bad = 1; return; } /* every code counted here starts in the window */
+        uint64_t v64 = df11ref_peek(j->codes, j->n_bytes, bit);
+        unsigned v = j->luts[v64 >> 56];
+        for (int level = 1; v >= 240; level++) {
+            Py_ssize_t row = 256 - v;
+            if (level > 3 || row >= j->n_luts - 1) { j->bad = 1; return; }
+            v = j->luts[256 * row + ((v64 >> (56 - 8 * level)) & 0xff)];
+        }
+        unsigned len = lens[v];
+        if (len == 0) { j->bad = 1; return; }
+        uint8_t s = j->sm[e];
+        uint16_t out = (uint16_t)(((s & 0x80) << 8) | (v << 7) | (s & 0x7f));
+        memcpy(j->dst + 2 * (Py_ssize_t)e, &out, 2);
+        bit += len;
+    }
+}
+
+/* dfloat11_project_decode(luts, codes, sign_mantissa, starts_u32, gaps, threads_per_block,
+ *                         bytes_per_thread, out[2n], threads) -> 0 / -1 (corrupt) */
+static PyObject *dfloat11_project_decode(PyObject *self, PyObject *args) {
+    Py_buffer b[6];
+    Py_ssize_t tpb, bpt;
+    int threads;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*nnw*i", &b[0], &b[1], &b[2], &b[3], &b[4], &tpb, &bpt, &b[5], &threads))
+        return NULL;
+    if (get_buffers(b, 6) < 0 || b[0].len % 256 || b[0].len < 512 || b[3].len % 4 || b[3].len < 4 || tpb < 1 ||
+        bpt < 1 || b[5].len % 2 || b[2].len * 2 != b[5].len) {
+        release(b, 6);
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "dfloat11_project_decode: bad arguments");
+        return NULL;
+    }
+    df11ref_job j = {b[0].buf, b[1].buf, b[2].buf, b[4].buf, b[3].buf, b[0].len / 256, b[1].len, b[2].len,
+                     b[3].len / 4 - 1, tpb * bpt, tpb, b[5].buf, 0};
+    /* every window's first gap must lie inside the gaps array */
+    if ((uint64_t)(j.nwin ? j.nwin - 1 : 0) * tpb * 5 / 8 + 2 > (uint64_t)b[4].len ||
+        (uint64_t)j.nwin * j.window_bytes < (uint64_t)j.n_bytes || (j.nwin && j.starts[j.nwin] != (uint32_t)j.n))
+        j.bad = 1;
+    if (!j.bad) {
+        Py_BEGIN_ALLOW_THREADS
+        parallel_for(threads < 1 ? 1 : threads, j.nwin, df11ref_window, &j);
+        Py_END_ALLOW_THREADS
+    }
+    release(b, 6);
+    return PyLong_FromLong(j.bad ? -1 : 0);
+}
+
 /* set_simd(flag) -> whether SIMD is now in use (tests run both paths) */
 static PyObject *set_simd(PyObject *self, PyObject *args) {
     int on;
@@ -1598,6 +1681,8 @@ static PyMethodDef methods[] = {
     {"bf16_split", bf16_split, METH_VARARGS, "bf16_split(src, exp, sign_mantissa)"},
     {"huff_encode", huff_encode, METH_VARARGS, "huff_encode(exp, code, length, block, dst, offsets) -> nbits"},
     {"dfloat11_decode", dfloat11_decode, METH_VARARGS, "dfloat11_decode(payload, block, limit, out, threads) -> 0/-1/-2"},
+    {"dfloat11_project_decode", dfloat11_project_decode, METH_VARARGS,
+     "dfloat11_project_decode(luts, codes, sign_mantissa, starts, gaps, threads_per_block, bytes_per_thread, out, threads) -> 0/-1"},
     {"dfloat11_decode_batch", dfloat11_decode_batch, METH_VARARGS, "dfloat11_decode_batch(jobs, threads) -> [rc]"},
     {NULL, NULL, 0, NULL},
 };

@@ -1,0 +1,1 @@
+"""GPU kernels (CUDA C compiled at run time by NVRTC) beside the codecs they decode."""

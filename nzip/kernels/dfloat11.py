@@ -1,0 +1,174 @@
+"""`dfloat11` payloads decoded on the GPU (kernel: dfloat11_decode.cu beside this file).
+
+A payload is parsed and checked on the host once, laid out for the GPU (`DeviceTensor`: one
+uint8 CUDA buffer with the lookup table, block offsets, exponent stream and sign-mantissa
+bytes), and then decoded as often as needed: weights can stay compressed on the GPU and be
+decoded just before use. `decode_batch` decodes many tensors in one launch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..codecs.payload import Reader
+from ..errors import BadParameterError, CorruptDataError
+from .cuda import Module
+
+_module = Module((Path(__file__).with_name("dfloat11_decode.cu")).read_text(), "dfloat11_decode.cu")
+THREADS = 128  # the kernel's THREADS
+SHARED_LUT_BITS = 14
+_JOB_FIELDS = 10
+
+
+def _align(x: int, a: int) -> int:
+    return x + (-x % a)
+
+
+@dataclass
+class DeviceTensor:
+    """A `dfloat11` payload resident on a GPU, ready to decode into n bf16 values."""
+
+    data: "object"  # torch uint8 CUDA tensor holding every section
+    n: int
+    block: int
+    maxlen: int
+    lut_at: int
+    offsets_at: int
+    stream_at: int
+    stream_bytes: int
+    sm_at: int
+
+    @property
+    def nblocks(self) -> int:
+        return -(-self.n // self.block)
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.numel()
+
+
+def host_image(payload, count: int, block: int, limit: int) -> tuple[np.ndarray, dict]:
+    """Parse and check a payload; returns the bytes to upload and where each section is.
+    Same checks as the CPU decoder: nothing the GPU reads can lie outside the buffer."""
+    r = Reader(memoryview(payload).cast("B"), "dfloat11")
+    present = np.unpackbits(r.array("u1", 32)).astype(bool)
+    k = int(present.sum())
+    lengths = np.zeros(256, np.int64)
+    lengths[present] = r.array("u1", k)
+    nblocks = -(-count // block)
+    block_bits = r.array("<u2", nblocks).astype(np.uint64)
+    offsets = np.zeros(nblocks + 1, np.uint64)
+    np.cumsum(block_bits, out=offsets[1:])
+    nbits = int(offsets[-1])
+    stream = r.take(-(-nbits // 8) + 8)
+    sm = r.take(count)
+    r.done()
+    if count and (k == 0 or lengths[present].min() < 1 or lengths.max() > limit
+                  or sum(1 << (limit - int(l)) for l in lengths[present]) > (1 << limit)):
+        raise CorruptDataError("dfloat11: the code lengths do not form a prefix code")
+    maxlen = max(int(lengths.max()), 1)
+    # canonical order (length, symbol): each code takes 2^(maxlen - length) table entries
+    order = np.flatnonzero(lengths)
+    order = order[np.argsort(lengths[order], kind="stable")]
+    lut = np.zeros(1 << maxlen, np.uint16)
+    reps = (1 << (maxlen - lengths[order])).astype(np.int64)
+    filled = int(reps.sum())
+    lut[:filled] = np.repeat((lengths[order] << 8 | order).astype(np.uint16), reps)
+
+    where, size = {}, 0
+    for name, nbytes, align in (("lut", lut.nbytes, 16), ("offsets", offsets.nbytes, 16),
+                                ("stream", len(stream) + 16, 16), ("sm", count, 16)):
+        size = _align(size, align)
+        where[name] = size
+        size += nbytes
+    image = np.zeros(_align(size, 16), np.uint8)
+    image[where["lut"]: where["lut"] + lut.nbytes] = lut.view(np.uint8)
+    image[where["offsets"]: where["offsets"] + offsets.nbytes] = offsets.view(np.uint8)
+    image[where["stream"]: where["stream"] + len(stream)] = np.frombuffer(stream, np.uint8)
+    image[where["sm"]: where["sm"] + count] = np.frombuffer(sm, np.uint8)
+    where.update(maxlen=maxlen, stream_bytes=len(stream))
+    return image, where
+
+
+def upload(payload, count: int, block: int, limit: int, device) -> DeviceTensor:
+    """Check a payload and place it on `device` (one host-to-device copy)."""
+    import torch
+
+    image, w = host_image(payload, count, block, limit)
+    data = torch.from_numpy(image).to(device)
+    return DeviceTensor(data, count, block, w["maxlen"], w["lut"], w["offsets"], w["stream"], w["stream_bytes"],
+                        w["sm"])
+
+
+class Plan:
+    """The job table of one batch, on the GPU: decoding the same tensors into the same
+    buffers again (every forward pass) costs one launch and nothing on the host."""
+
+    def __init__(self, tensors: list[DeviceTensor], outs: list):
+        import torch
+
+        if len(tensors) != len(outs):
+            raise BadParameterError("one output per tensor")
+        rows, cta_job, first = [], [], 0
+        for j, (t, out) in enumerate(zip(tensors, outs)):
+            if out.dtype != torch.bfloat16 or not out.is_contiguous() or out.numel() != t.n:
+                raise BadParameterError(f"output {j}: needs a contiguous bf16 tensor of {t.n} elements")
+            if out.device != t.data.device:
+                raise BadParameterError(f"output {j} is on {out.device}, the data on {t.data.device}")
+            if t.n == 0:
+                continue
+            base = t.data.data_ptr()
+            ctas = -(-t.nblocks // THREADS)
+            rows.append([base + t.lut_at, base + t.offsets_at, base + t.stream_at, base + t.sm_at, out.data_ptr(),
+                         t.n, t.stream_bytes, t.block, t.maxlen, first])
+            cta_job += [len(rows) - 1] * ctas
+            first += ctas
+        self.device = tensors[0].data.device if tensors else None
+        self.ctas = first
+        self.keep = (tensors, outs)  # the table points into these
+        if not rows:
+            return
+        maxlen = max(t.maxlen for t in tensors if t.n)
+        self.shared = 2 << maxlen if maxlen <= SHARED_LUT_BITS else 0
+        # the job table and the CTA-to-job map travel in one small upload
+        jobs = np.asarray(rows, np.int64).ravel().view(np.uint8)
+        table = torch.from_numpy(np.concatenate([jobs, np.asarray(cta_job, np.int32).view(np.uint8)])).to(self.device)
+        self.jobs = table[: jobs.size].view(torch.int64)
+        self.cta_job = table[jobs.size:].view(torch.int32)
+        self.status = torch.zeros(1, dtype=torch.int32, device=self.device)
+
+    def run(self, check: bool = True) -> None:
+        """Decode (on torch's current stream). check=True waits for the GPU and raises
+        CorruptDataError if any block did not decode to exactly its bits."""
+        if not self.ctas:
+            return
+        kernel = _module.kernel("dfloat11_decode", self.device)
+        kernel(self.ctas, THREADS, [self.jobs, self.cta_job, self.status], shared=self.shared)
+        if check and int(self.status.item()):
+            self.status.zero_()
+            raise CorruptDataError("dfloat11: a block did not decode to its recorded length (corrupt payload)")
+
+
+def decode(t: DeviceTensor, out=None, check: bool = True):
+    """Decode one resident tensor into a new (or the given) flat bf16 CUDA tensor."""
+    return decode_batch([t], None if out is None else [out], check)[0]
+
+
+def decode_batch(tensors: list[DeviceTensor], outs: list | None = None, check: bool = True) -> list:
+    """Decode many resident tensors in one launch. outs: flat bf16 views (e.g. slices of
+    one preallocated buffer); by default one new buffer holds them all."""
+    import torch
+
+    if outs is None:
+        if not tensors:
+            return []
+        buf = torch.empty(sum(_align(t.n, 8) for t in tensors), dtype=torch.bfloat16, device=tensors[0].data.device)
+        outs, at = [], 0
+        for t in tensors:
+            outs.append(buf[at: at + t.n])
+            at += _align(t.n, 8)
+    Plan(tensors, outs).run(check)
+    return outs

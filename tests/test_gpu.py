@@ -1,0 +1,245 @@
+"""GPU decoding of `dfloat11` and the DFloat11 project's layout.
+
+The tests marked `cuda` run where torch sees a GPU (on the device machine) and skip
+elsewhere; the others check on the CPU what the GPU is given: the device image of a payload
+(decoded here by a line-by-line model of the kernel) and the DFloat11 project's layout
+(golden bytes from its own encoder).
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import nzip
+from nzip import codecs
+from nzip.errors import CorruptDataError, UnsupportedDtypeError
+from nzip.formats import dfloat11_checkpoint as df11
+from nzip.kernels import dfloat11 as gpu
+
+from helpers import same_bits
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (runs on the device machine)")
+GOLDEN = Path(__file__).parent / "golden" / "dfloat11_project_module.safetensors"
+
+
+def bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return same_bits(a.detach().cpu().contiguous(), b.contiguous())
+
+
+def special_bf16(n: int = 5000, seed: int = 0) -> torch.Tensor:
+    """Every exponent value, NaN payloads, +-inf, -0.0 and subnormals, in random order."""
+    g = torch.Generator().manual_seed(seed)
+    every = torch.arange(1 << 16, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
+    picks = every[torch.randint(0, 1 << 16, (n,), generator=g)]
+    specials = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0, 0.0, 1e-40, -1e-40],
+                            dtype=torch.bfloat16)
+    return torch.cat([picks, specials])
+
+
+def cases():
+    g = torch.Generator().manual_seed(3)
+    return {
+        "random": (torch.randn(20000, generator=g) * 0.02).bfloat16(),
+        "special": special_bf16(),
+        "partial-block": torch.randn(2048 * 3 + 5, generator=g).bfloat16(),
+        "one": torch.tensor([1.5], dtype=torch.bfloat16),
+        "matrix": torch.randn(37, 129, generator=g).bfloat16(),
+    }
+
+
+def payload_of(frame):
+    from nzip.codecs.api import _parse_frame
+
+    header, payload, _, _, count = _parse_frame(frame)
+    return header["codec"], memoryview(payload).cast("B"), count
+
+
+def model_of_kernel(image: np.ndarray, w: dict, count: int, block: int) -> np.ndarray:
+    """What dfloat11_decode.cu computes, written out plainly: the device image decodes."""
+    maxlen = w["maxlen"]
+    lut = image[w["lut"]: w["lut"] + (2 << maxlen)].view("<u2")
+    nblocks = -(-count // block)
+    offsets = image[w["offsets"]: w["offsets"] + 8 * (nblocks + 1)].view("<u8")
+    bits = np.unpackbits(image[w["stream"]: w["stream"] + w["stream_bytes"] + 8])
+    sm = image[w["sm"]: w["sm"] + count].astype(np.uint16)
+    out = np.empty(count, np.uint16)
+    for b in range(nblocks):
+        pos = int(offsets[b])
+        for i in range(b * block, min(count, (b + 1) * block)):
+            e = int(lut[int("".join(map(str, bits[pos: pos + maxlen])), 2)])
+            assert e, "a prefix no code has"
+            out[i] = ((sm[i] & 0x80) << 8) | ((e & 0xFF) << 7) | (sm[i] & 0x7F)
+            pos += e >> 8
+        assert pos == offsets[b + 1]
+    return out
+
+
+@pytest.mark.parametrize("name", ["random", "special", "partial-block", "one"])
+@pytest.mark.parametrize("params", [{}, {"block": 100, "code_length_limit": 16}])
+def test_device_image_decodes_like_the_cpu(name, params):
+    t = cases()[name]
+    config, payload, count = payload_of(codecs.encode(t, "dfloat11", **params))
+    image, w = gpu.host_image(payload, count, config["block"], config["code_length_limit"])
+    assert w["stream"] % 16 == 0 and w["sm"] % 16 == 0 and w["lut"] % 16 == 0
+    got = model_of_kernel(image, w, count, config["block"])
+    assert np.array_equal(got, t.reshape(-1).view(torch.int16).numpy().view(np.uint16))
+
+
+def test_device_image_refuses_corrupt_payloads():
+    config, payload, count = payload_of(codecs.encode(cases()["random"], "dfloat11"))
+    bad = bytearray(payload)
+    bad[32] = 0  # a code length of 0 for a present exponent
+    with pytest.raises(CorruptDataError):
+        gpu.host_image(memoryview(bad), count, config["block"], config["code_length_limit"])
+    with pytest.raises(CorruptDataError):
+        gpu.host_image(payload[:-1], count, config["block"], config["code_length_limit"])
+
+
+# -- the DFloat11 project's layout -----------------------------------------------------
+def golden_module():
+    from safetensors.torch import load_file
+
+    raw = load_file(str(GOLDEN))
+    bufs = {k.split(".", 1)[1]: v for k, v in raw.items() if k.startswith("block.")}
+    return bufs, [raw["reference.a"], raw["reference.b"]]
+
+
+def test_reads_the_dfloat11_projects_own_bytes():
+    bufs, refs = golden_module()
+    flat = df11.decode_module(bufs)
+    parts = flat.tensor_split(bufs["split_positions"].tolist())
+    for part, ref in zip(parts, refs):
+        assert bits_equal(part, ref.reshape(-1))
+
+
+@pytest.mark.parametrize("n", [1, 7, 4096, 70001])
+def test_dfloat11_layout_round_trip(n):
+    g = torch.Generator().manual_seed(n)
+    weights = [(torch.randn(n, generator=g) * 0.02).bfloat16(), torch.randn(5, 3, generator=g).bfloat16()]
+    bufs = df11.encode_module(weights)
+    assert bufs["luts"].shape[1] == 256 and bufs["luts"].shape[0] <= 18
+    flat = df11.decode_module(bufs, threads=2)
+    assert bits_equal(flat, torch.cat([w.reshape(-1) for w in weights]))
+
+
+def test_dfloat11_layout_matches_the_golden_size():
+    """nzip's writer is no worse than the project's own encoder on the same weights."""
+    bufs, refs = golden_module()
+    mine = df11.encode_module(refs)
+    assert mine["encoded_exponent"].numel() <= bufs["encoded_exponent"].numel()
+    assert mine["gaps"].numel() == bufs["gaps"].numel()
+    assert mine["output_positions"].numel() == bufs["output_positions"].numel()
+
+
+def test_dfloat11_layout_refuses_what_it_cannot_hold():
+    with pytest.raises(UnsupportedDtypeError):
+        df11.encode_module([torch.tensor([1.0, float("inf")], dtype=torch.bfloat16)])
+    with pytest.raises(UnsupportedDtypeError):
+        df11.encode_module([torch.ones(4)])
+
+
+def test_dfloat11_layout_corrupt_positions():
+    bufs, _ = golden_module()
+    bad = dict(bufs)
+    pos = bufs["output_positions"].view(torch.int32).clone()
+    pos[1] += 5000
+    bad["output_positions"] = pos.view(torch.uint8)
+    with pytest.raises(CorruptDataError):
+        df11.decode_module(bad)
+    bad = dict(bufs)
+    bad["luts"] = torch.zeros_like(bufs["luts"])  # every code length 0
+    with pytest.raises(CorruptDataError):
+        df11.decode_module(bad)
+
+
+# -- on the GPU ------------------------------------------------------------------------
+@cuda
+@pytest.mark.parametrize("name", list(cases()))
+@pytest.mark.parametrize("params", [{}, {"block": 512}, {"block": 100, "code_length_limit": 16}])
+def test_gpu_decode_is_bit_exact(name, params):
+    t = cases()[name]
+    frame = codecs.encode(t, "dfloat11", **params)
+    got = codecs.decode(frame, device="cuda")
+    assert got.is_cuda and got.shape == t.shape and got.dtype == torch.bfloat16
+    assert bits_equal(got.cpu(), t)
+    assert bits_equal(codecs.decode(frame, device="cuda", verify=True).cpu(), t)
+
+
+@cuda
+def test_gpu_decode_every_bf16_pattern_and_empty():
+    every = torch.arange(1 << 16, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
+    assert bits_equal(codecs.decode(codecs.encode(every, "dfloat11"), device="cuda").cpu(), every)
+    empty = torch.empty(0, 3, dtype=torch.bfloat16)
+    got = codecs.decode(codecs.encode(empty, "dfloat11"), device="cuda")
+    assert got.shape == (0, 3) and got.is_cuda
+
+
+@cuda
+def test_gpu_decode_real_minilm(minilm_path):
+    from safetensors.torch import load_file
+
+    sd = {k: v.bfloat16() for k, v in load_file(minilm_path).items() if v.is_floating_point()}
+    frames = {k: codecs.encode(v, "dfloat11") for k, v in sd.items()}
+    for k, f in frames.items():
+        assert bits_equal(codecs.decode(f, device="cuda").cpu(), sd[k]), k
+
+
+@cuda
+def test_gpu_batch_into_one_preallocated_buffer():
+    ts = [cases()[k] for k in ("random", "special", "partial-block", "one", "matrix")]
+    residents = []
+    for t in ts:
+        config, payload, count = payload_of(codecs.encode(t, "dfloat11"))
+        residents.append(gpu.upload(payload, count, config["block"], config["code_length_limit"], "cuda"))
+    buf = torch.empty(sum(t.numel() for t in ts), dtype=torch.bfloat16, device="cuda")
+    outs = list(buf.split([t.numel() for t in ts]))  # unaligned views: the scalar path
+    plan = gpu.Plan(residents, outs)
+    for _ in range(2):  # a plan decodes again and again
+        buf.zero_()
+        plan.run()
+        for t, o in zip(ts, outs):
+            assert bits_equal(o.cpu(), t.reshape(-1))
+
+
+@cuda
+def test_gpu_detects_a_corrupt_stream():
+    t = cases()["random"]
+    config, payload, count = payload_of(codecs.encode(t, "dfloat11"))
+    bad = bytearray(payload)
+    k = 32 + int(np.unpackbits(np.frombuffer(bytes(bad[:32]), np.uint8)).sum())
+    bad[k] ^= 0x01  # first block's bit length off by one: its codes no longer end there
+    resident = gpu.upload(memoryview(bad), count, config["block"], config["code_length_limit"], "cuda")
+    with pytest.raises(CorruptDataError):
+        gpu.decode(resident)
+
+
+@cuda
+def test_container_decodes_on_the_gpu(tmp_path):
+    ts = cases()
+    nzip.save(ts, tmp_path / "m.nz", codec="dfloat11")
+    mixed = dict(ts, ids=torch.arange(10))
+    nzip.save(mixed, tmp_path / "mixed.nz")  # ans and zstd: decoded on the CPU, then moved
+    with nzip.open(tmp_path / "m.nz") as c:
+        one = c.get_tensor("random", device="cuda")
+        assert one.is_cuda and bits_equal(one, ts["random"])
+        many = c.tensors(device="cuda")
+    with nzip.open(tmp_path / "mixed.nz") as c:
+        many_mixed = c.tensors(device="cuda")
+    for got, want in ((many, ts), (many_mixed, mixed)):
+        for k, t in want.items():
+            assert got[k].is_cuda and bits_equal(got[k], t), k
+
+
+@cuda
+def test_gpu_reads_the_dfloat11_layout():
+    bufs, refs = golden_module()
+    flat = df11.decode_module(bufs, device="cuda")
+    assert flat.is_cuda
+    assert bits_equal(flat.cpu(), torch.cat([r.reshape(-1) for r in refs]))
+    g = torch.Generator().manual_seed(9)
+    weights = [special_bf16(300000)[:-7].nan_to_num(0.0, 0.0, 0.0).clamp(-1e30, 1e30),
+               (torch.randn(1 << 20, generator=g) * 0.02).bfloat16()]
+    mine = df11.encode_module(weights)
+    assert bits_equal(df11.decode_module(mine, device="cuda").cpu(), torch.cat(weights))
