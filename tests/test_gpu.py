@@ -194,8 +194,12 @@ def test_gpu_batch_into_one_preallocated_buffer():
         config, payload, count = payload_of(codecs.encode(t, "dfloat11"))
         residents.append(gpu.upload(payload, count, config["block"], config["code_length_limit"], "cuda"))
     buf = torch.empty(sum(t.numel() for t in ts), dtype=torch.bfloat16, device="cuda")
-    outs = list(buf.split([t.numel() for t in ts]))  # unaligned views: the scalar path
+    outs = list(buf.split([t.numel() for t in ts]))  # unaligned views: the general kernel
     plan = gpu.Plan(residents, outs)
+    assert plan.kernel_name == "dfloat11_decode_any"
+    aligned = gpu.decode_batch(residents)  # one new buffer, 16-byte aligned views: the staged kernel
+    for t, o in zip(ts, aligned):
+        assert bits_equal(o, t.reshape(-1))
     for _ in range(2):  # a plan decodes again and again
         buf.zero_()
         plan.run()

@@ -18,7 +18,7 @@ from ..errors import BadParameterError, CorruptDataError
 from .cuda import Module
 
 _module = Module((Path(__file__).with_name("dfloat11_decode.cu")).read_text(), "dfloat11_decode.cu")
-THREADS = 128  # the kernel's THREADS
+THREADS = 64  # the kernels' THREADS
 SHARED_LUT_BITS = 14
 _JOB_FIELDS = 10
 
@@ -112,7 +112,7 @@ class Plan:
 
         if len(tensors) != len(outs):
             raise BadParameterError("one output per tensor")
-        rows, cta_job, first = [], [], 0
+        rows, cta_job, first, staged = [], [], 0, True
         for j, (t, out) in enumerate(zip(tensors, outs)):
             if out.dtype != torch.bfloat16 or not out.is_contiguous() or out.numel() != t.n:
                 raise BadParameterError(f"output {j}: needs a contiguous bf16 tensor of {t.n} elements")
@@ -121,6 +121,8 @@ class Plan:
             if t.n == 0:
                 continue
             base = t.data.data_ptr()
+            # the staged kernel needs rounds of 32 whole values and aligned vector accesses
+            staged &= t.block % 32 == 0 and out.data_ptr() % 16 == 0 and (base + t.sm_at) % 8 == 0
             ctas = -(-t.nblocks // THREADS)
             rows.append([base + t.lut_at, base + t.offsets_at, base + t.stream_at, base + t.sm_at, out.data_ptr(),
                          t.n, t.stream_bytes, t.block, t.maxlen, first])
@@ -128,6 +130,7 @@ class Plan:
             first += ctas
         self.device = tensors[0].data.device if tensors else None
         self.ctas = first
+        self.kernel_name = "dfloat11_decode" if staged else "dfloat11_decode_any"
         self.keep = (tensors, outs)  # the table points into these
         if not rows:
             return
@@ -145,7 +148,7 @@ class Plan:
         CorruptDataError if any block did not decode to exactly its bits."""
         if not self.ctas:
             return
-        kernel = _module.kernel("dfloat11_decode", self.device)
+        kernel = _module.kernel(self.kernel_name, self.device)
         kernel(self.ctas, THREADS, [self.jobs, self.cta_job, self.status], shared=self.shared)
         if check and int(self.status.item()):
             self.status.zero_()
