@@ -130,6 +130,34 @@ def bench_size(nbytes: int, kernel, reps: int) -> dict:
     return row
 
 
+def sweep(sizes_mib: list[float]) -> list[dict]:
+    """Tuning constants of the staged kernel (CTA size, round length, shared or cached
+    lookup table) on the same data: which one the library should use."""
+    rows = []
+    for mib in sizes_mib:
+        n = int(mib * MiB) // 2
+        g = torch.Generator(device="cuda").manual_seed(0)
+        ref = (torch.randn(n, generator=g, device="cuda") * 0.02).bfloat16()
+        host = ref.cpu()
+        for block in (512, 2048):
+            header, payload, _, _, _ = _parse_frame(codecs.encode(host, "dfloat11", block=block))
+            resident = gpu.upload(payload, n, block, header["codec"]["code_length_limit"], "cuda")
+            out = torch.empty(n, dtype=torch.bfloat16, device="cuda")
+            for tuning in ((64, 32, 14), (128, 32, 14), (256, 32, 14), (128, 64, 14), (64, 32, 0), (256, 32, 0)):
+                plan = gpu.Plan([resident], [out], *tuning)
+                out.zero_()
+                plan.run(check=True)
+                assert torch.equal(out.view(torch.int16), ref.view(torch.int16))
+                t = timed(lambda: plan.run(check=False), 20)
+                k = gpu._module(*tuning).kernel(plan.kernel_name, "cuda")
+                row = {"mib": mib, "block": block, "threads": tuning[0], "round": tuning[1],
+                       "shared_lut": tuning[2] > 0, "gbps": n * 2 / t / 1e9, "regs": k.attribute(4),
+                       "local_bytes": k.attribute(3)}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    return rows
+
+
 def table(results: dict) -> str:
     lines = [f"GPU: {results['gpu']}; device copy bandwidth {results['copy_gbps']:.0f} GB/s (read + write)", "",
              "| bf16 size | nzip size | nzip GB/s | nzip b512 size | nzip b512 GB/s | DFloat11 size | DFloat11 GB/s"
@@ -149,9 +177,15 @@ def main() -> None:
     ap.add_argument("--sizes-mib", default="1,2,4,8,16,32,64,128,256,512,1024,2048,4096")
     ap.add_argument("--df11-wheel-dir", default=None)
     ap.add_argument("--json", default="bench/results/gpu.json")
+    ap.add_argument("--sweep", action="store_true", help="compare the kernel's tuning constants instead")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_gpu.py needs a CUDA GPU")
+    if args.sweep:
+        rows = sweep([float(s) for s in args.sizes_mib.split(",")])
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+        return
     kernel = df11_kernel(args.df11_wheel_dir)
     results = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "python": platform.python_version(),
                "copy_gbps": copy_bandwidth(), "rows": []}

@@ -294,7 +294,7 @@ class Container:
                 group = resident.setdefault(id(codec), (codec, [], []))
                 group[1].append(n)
                 group[2].append(r)
-        out = self.tensors(on_cpu, device, "torch", threads) if on_cpu else {}
+        out = {n: t.to(device) for n, t in self.tensors(on_cpu, None, "torch", threads).items()} if on_cpu else {}
         for codec, group_names, residents in resident.values():
             for n, flat in zip(group_names, codec.decode_on_device(residents)):
                 out[n] = flat.view(tuple(self.entry(n)["shape"]))

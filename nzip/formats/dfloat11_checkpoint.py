@@ -84,9 +84,11 @@ def encode_module(weights: list, threads_per_block: int = THREADS_PER_BLOCK,
 
 
 def _code_and_tables(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A canonical Huffman code whose byte-level tables fit the layout (at most 16 pointer
-    tables: canonical codes put the long ones together, so they share few prefixes)."""
-    for limit in (MAX_CODE_BITS, 24, 16, 12):
+    """A canonical Huffman code whose byte-level tables fit the layout: at most 16 pointer
+    tables. Canonical codes put the long ones together, so they share few prefixes; a
+    flat distribution over many exponents may still need more, and then a shorter limit
+    (at worst 8 bits: a single table) is taken."""
+    for limit in (MAX_CODE_BITS, 24, 16, 12, 8):  # 8: one table, no pointers
         lengths = huffman.code_lengths(counts, limit) if counts.any() else np.zeros(256, np.uint8)
         luts = _tables(lengths, huffman.canonical_codes(lengths))
         if luts is not None:

@@ -160,6 +160,13 @@ class Kernel:
         self.handle, self.context, self.device_index = handle, context, device_index
         self._shared_set = 48 << 10
 
+    def attribute(self, which: int) -> int:
+        """cuFuncGetAttribute: 4 registers per thread, 3 local (spilled) bytes per thread."""
+        value = ctypes.c_int()
+        _libraries().check(_libraries().cuda.cuFuncGetAttribute(ctypes.byref(value), which, self.handle),
+                           "cuFuncGetAttribute")
+        return value.value
+
     def __call__(self, grid: int, block: int, args: list, shared: int = 0, stream=None) -> None:
         """Launch on `stream` (default: torch's current stream of the kernel's device).
         args: torch tensors (passed as pointers), or ctypes values."""

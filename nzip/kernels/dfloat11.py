@@ -17,9 +17,19 @@ from ..codecs.payload import Reader
 from ..errors import BadParameterError, CorruptDataError
 from .cuda import Module
 
-_module = Module((Path(__file__).with_name("dfloat11_decode.cu")).read_text(), "dfloat11_decode.cu")
+_SOURCE = Path(__file__).with_name("dfloat11_decode.cu").read_text()
 THREADS = 64  # the kernels' THREADS
 SHARED_LUT_BITS = 14
+_modules: dict[tuple, Module] = {}
+
+
+def _module(threads: int = THREADS, round_: int = 32, shared_lut_bits: int = SHARED_LUT_BITS) -> Module:
+    """The kernels compiled with these tuning constants (tools/bench_gpu.py compares them)."""
+    key = (threads, round_, shared_lut_bits)
+    if key not in _modules:
+        _modules[key] = Module(_SOURCE, "dfloat11_decode.cu",
+                               [f"-DTHREADS={threads}", f"-DROUND={round_}", f"-DSHARED_LUT_BITS={shared_lut_bits}"])
+    return _modules[key]
 _JOB_FIELDS = 10
 
 
@@ -107,9 +117,11 @@ class Plan:
     """The job table of one batch, on the GPU: decoding the same tensors into the same
     buffers again (every forward pass) costs one launch and nothing on the host."""
 
-    def __init__(self, tensors: list[DeviceTensor], outs: list):
+    def __init__(self, tensors: list[DeviceTensor], outs: list, threads: int = THREADS, round_: int = 32,
+                 shared_lut_bits: int = SHARED_LUT_BITS):
         import torch
 
+        self.tuning = (threads, round_, shared_lut_bits)
         if len(tensors) != len(outs):
             raise BadParameterError("one output per tensor")
         rows, cta_job, first, staged = [], [], 0, True
@@ -123,7 +135,7 @@ class Plan:
             base = t.data.data_ptr()
             # the staged kernel needs rounds of 32 whole values and aligned vector accesses
             staged &= t.block % 32 == 0 and out.data_ptr() % 16 == 0 and (base + t.sm_at) % 8 == 0
-            ctas = -(-t.nblocks // THREADS)
+            ctas = -(-t.nblocks // threads)
             rows.append([base + t.lut_at, base + t.offsets_at, base + t.stream_at, base + t.sm_at, out.data_ptr(),
                          t.n, t.stream_bytes, t.block, t.maxlen, first])
             cta_job += [len(rows) - 1] * ctas
@@ -135,7 +147,7 @@ class Plan:
         if not rows:
             return
         maxlen = max(t.maxlen for t in tensors if t.n)
-        self.shared = 2 << maxlen if maxlen <= SHARED_LUT_BITS else 0
+        self.shared = 2 << maxlen if maxlen <= shared_lut_bits else 0
         # the job table and the CTA-to-job map travel in one small upload
         jobs = np.asarray(rows, np.int64).ravel().view(np.uint8)
         table = torch.from_numpy(np.concatenate([jobs, np.asarray(cta_job, np.int32).view(np.uint8)])).to(self.device)
@@ -148,8 +160,8 @@ class Plan:
         CorruptDataError if any block did not decode to exactly its bits."""
         if not self.ctas:
             return
-        kernel = _module.kernel(self.kernel_name, self.device)
-        kernel(self.ctas, THREADS, [self.jobs, self.cta_job, self.status], shared=self.shared)
+        kernel = _module(*self.tuning).kernel(self.kernel_name, self.device)
+        kernel(self.ctas, self.tuning[0], [self.jobs, self.cta_job, self.status], shared=self.shared)
         if check and int(self.status.item()):
             self.status.zero_()
             raise CorruptDataError("dfloat11: a block did not decode to its recorded length (corrupt payload)")

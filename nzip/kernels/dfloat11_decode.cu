@@ -18,8 +18,12 @@ typedef unsigned int u32;
 typedef unsigned long long u64;
 typedef long long i64;
 
+#ifndef THREADS
 #define THREADS 64
+#endif
+#ifndef SHARED_LUT_BITS
 #define SHARED_LUT_BITS 14  // larger tables are read through the L1 cache instead
+#endif
 
 __device__ __forceinline__ u32 be_word(const u32* __restrict__ words, u64 i, u64 last) {
     // clamped so that a corrupt block can never read past the stream
@@ -114,15 +118,28 @@ dfloat11_decode_any(const i64* __restrict__ jobs, const int* __restrict__ cta_jo
 // bytes): threads decode their blocks 32 exponents at a time into shared memory, then the
 // CTA writes those rounds out together, so that loads and stores are whole 32-byte sectors
 // (threads writing their own blocks directly hit 64 different sectors per instruction).
+#ifndef ROUND
 #define ROUND 32
-#define ROW_WORDS 9  // 8 words of exponents, padded so that threads store to distinct banks
+#endif
+#define ROW_WORDS (ROUND / 4 + 1)  // padded so that threads store to distinct banks
 
-extern "C" __global__ void __launch_bounds__(THREADS)
-dfloat11_decode(const i64* __restrict__ jobs, const int* __restrict__ cta_job, int* __restrict__ status) {
-    extern __shared__ u16 shared_lut[];
-    __shared__ u32 exps[THREADS * ROW_WORDS];
-    const i64* job = jobs + 10 * cta_job[blockIdx.x];
-    const u16* lut = (const u16*)job[0];
+#define STAGED_SYMBOL(e)                                                     \
+    {                                                                        \
+        const u32 at_ = (u32)(buf >> shift);                                 \
+        e = SHARED ? shared_lut[at_] : __ldg(lut + at_);                     \
+        bad |= (e == 0);                                                     \
+        const int len_ = e >> 8;                                             \
+        buf <<= len_;                                                        \
+        avail -= len_;                                                       \
+        used += len_;                                                        \
+    }
+
+// SHARED: the lookup table is copied to shared memory (read with LDS), else read through
+// the L1 cache (LDG); one template so that neither path pays for generic loads.
+template <bool SHARED>
+__device__ __forceinline__ void staged(const i64* __restrict__ job, int* __restrict__ status, u16* shared_lut,
+                                       u32* exps) {
+    const u16* __restrict__ lut = (const u16*)job[0];
     const u64* offsets = (const u64*)job[1];
     const u32* words = (const u32*)job[2];
     const u8* sm = (const u8*)job[3];
@@ -133,10 +150,9 @@ dfloat11_decode(const i64* __restrict__ jobs, const int* __restrict__ cta_job, i
     const i64 first_block = (i64)(blockIdx.x - (int)job[9]) * THREADS;
     const i64 b = first_block + threadIdx.x;
 
-    if (maxlen <= SHARED_LUT_BITS) {
+    if (SHARED) {
         for (int i = threadIdx.x; i < (1 << maxlen); i += THREADS) shared_lut[i] = lut[i];
         __syncthreads();
-        lut = shared_lut;
     }
     const i64 o = b * block;
     const int count = o < n ? (int)min((i64)block, n - o) : 0;
@@ -165,8 +181,8 @@ dfloat11_decode(const i64* __restrict__ jobs, const int* __restrict__ cta_job, i
                 for (int q = 0; q < 4; q += 2) {
                     u32 e0, e1 = 0;
                     REFILL();
-                    SYMBOL(e0);
-                    if (4 * k + q + 1 < todo) SYMBOL(e1);
+                    STAGED_SYMBOL(e0);
+                    if (4 * k + q + 1 < todo) STAGED_SYMBOL(e1);
                     packed |= ((e0 & 0xff) | ((e1 & 0xff) << 8)) << (8 * q);
                     if (4 * k + q + 2 >= todo) break;
                 }
@@ -199,4 +215,15 @@ dfloat11_decode(const i64* __restrict__ jobs, const int* __restrict__ cta_job, i
         __syncthreads();
     }
     if (count && (bad || start + used != end)) atomicOr(status, 1);
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS)
+dfloat11_decode(const i64* __restrict__ jobs, const int* __restrict__ cta_job, int* __restrict__ status) {
+    extern __shared__ u16 shared_lut[];
+    __shared__ u32 exps[THREADS * ROW_WORDS];
+    const i64* job = jobs + 10 * cta_job[blockIdx.x];
+    if ((int)job[8] <= SHARED_LUT_BITS)
+        staged<true>(job, status, shared_lut, exps);
+    else
+        staged<false>(job, status, shared_lut, exps);
 }
