@@ -143,7 +143,7 @@ def sweep(sizes_mib: list[float]) -> list[dict]:
             header, payload, _, _, _ = _parse_frame(codecs.encode(host, "dfloat11", block=block))
             resident = gpu.upload(payload, n, block, header["codec"]["code_length_limit"], "cuda")
             out = torch.empty(n, dtype=torch.bfloat16, device="cuda")
-            for tuning in ((64, 32, 14), (128, 32, 14), (256, 32, 14), (128, 64, 14), (64, 32, 0), (256, 32, 0)):
+            for tuning in ((128, 32, 14), (128, 64, 14), (64, 64, 14), (256, 64, 14), (128, 128, 14), (128, 64, 0)):
                 plan = gpu.Plan([resident], [out], *tuning)
                 out.zero_()
                 plan.run(check=True)

@@ -18,12 +18,13 @@ from ..errors import BadParameterError, CorruptDataError
 from .cuda import Module
 
 _SOURCE = Path(__file__).with_name("dfloat11_decode.cu").read_text()
-THREADS = 64  # the kernels' THREADS
+THREADS = 128  # the kernels' THREADS (tools/bench_gpu.py --sweep chose them)
+ROUND = 64
 SHARED_LUT_BITS = 14
 _modules: dict[tuple, Module] = {}
 
 
-def _module(threads: int = THREADS, round_: int = 32, shared_lut_bits: int = SHARED_LUT_BITS) -> Module:
+def _module(threads: int = THREADS, round_: int = ROUND, shared_lut_bits: int = SHARED_LUT_BITS) -> Module:
     """The kernels compiled with these tuning constants (tools/bench_gpu.py compares them)."""
     key = (threads, round_, shared_lut_bits)
     if key not in _modules:
@@ -117,7 +118,7 @@ class Plan:
     """The job table of one batch, on the GPU: decoding the same tensors into the same
     buffers again (every forward pass) costs one launch and nothing on the host."""
 
-    def __init__(self, tensors: list[DeviceTensor], outs: list, threads: int = THREADS, round_: int = 32,
+    def __init__(self, tensors: list[DeviceTensor], outs: list, threads: int = THREADS, round_: int = ROUND,
                  shared_lut_bits: int = SHARED_LUT_BITS):
         import torch
 
@@ -134,7 +135,7 @@ class Plan:
                 continue
             base = t.data.data_ptr()
             # the staged kernel needs rounds of 32 whole values and aligned vector accesses
-            staged &= t.block % 32 == 0 and out.data_ptr() % 16 == 0 and (base + t.sm_at) % 8 == 0
+            staged &= t.block % round_ == 0 and out.data_ptr() % 16 == 0 and (base + t.sm_at) % 8 == 0
             ctas = -(-t.nblocks // threads)
             rows.append([base + t.lut_at, base + t.offsets_at, base + t.stream_at, base + t.sm_at, out.data_ptr(),
                          t.n, t.stream_bytes, t.block, t.maxlen, first])

@@ -19,7 +19,7 @@ typedef unsigned long long u64;
 typedef long long i64;
 
 #ifndef THREADS
-#define THREADS 64
+#define THREADS 128
 #endif
 #ifndef SHARED_LUT_BITS
 #define SHARED_LUT_BITS 14  // larger tables are read through the L1 cache instead
@@ -115,11 +115,11 @@ dfloat11_decode_any(const i64* __restrict__ jobs, const int* __restrict__ cta_jo
 }
 
 // The usual layout (block % 32 == 0, 16-byte aligned output, 8-byte aligned sign-mantissa
-// bytes): threads decode their blocks 32 exponents at a time into shared memory, then the
+// bytes): threads decode their blocks ROUND exponents at a time into shared memory, then the
 // CTA writes those rounds out together, so that loads and stores are whole 32-byte sectors
 // (threads writing their own blocks directly hit 64 different sectors per instruction).
 #ifndef ROUND
-#define ROUND 32
+#define ROUND 64
 #endif
 #define ROW_WORDS (ROUND / 4 + 1)  // padded so that threads store to distinct banks
 
@@ -158,6 +158,7 @@ __device__ __forceinline__ void staged(const i64* __restrict__ job, int* __restr
     const int count = o < n ? (int)min((i64)block, n - o) : 0;
     u64 start = 0, end = 0, w = 0, buf = 0;
     int avail = 0;
+    u32 ahead = 0;  // the next stream word, loaded one refill early so that its latency hides
     if (count) {
         start = offsets[b];
         end = offsets[b + 1];
@@ -165,13 +166,24 @@ __device__ __forceinline__ void staged(const i64* __restrict__ job, int* __restr
         const int skip = (int)(start & 31);
         buf = (((u64)be_word(words, w, last_word) << 32) | be_word(words, w + 1, last_word)) << skip;
         avail = 64 - skip;
-        w += 2;
+        ahead = be_word(words, w + 2, last_word);
+        w += 3;
     }
     const int shift = 64 - maxlen;
     u32 bad = 0;
     u64 used = 0;
     for (int r = 0; r < block; r += ROUND) {
-        // decode: this thread's next 32 exponents (fewer at its block's end)
+        // this thread's pieces of the round: their sign-mantissa bytes are requested now and
+        // arrive while the exponents decode
+        uint2 sms[ROUND / 8];
+#pragma unroll
+        for (int j = 0; j < ROUND / 8; j++) {
+            const int piece = threadIdx.x + j * THREADS, row = piece / (ROUND / 8), part = piece % (ROUND / 8);
+            const i64 at = (first_block + row) * block + r + part * 8;
+            const i64 row_end = min((first_block + row + 1) * block, n);
+            sms[j] = at + 8 <= row_end ? __ldg((const uint2*)(sm + at)) : make_uint2(0, 0);
+        }
+        // decode: this thread's next ROUND exponents (fewer at its block's end)
         const int todo = min(ROUND, count - r);
 #pragma unroll
         for (int k = 0; k < ROUND / 4; k++) {
@@ -180,7 +192,11 @@ __device__ __forceinline__ void staged(const i64* __restrict__ job, int* __restr
 #pragma unroll
                 for (int q = 0; q < 4; q += 2) {
                     u32 e0, e1 = 0;
-                    REFILL();
+                    if (avail < 32) {
+                        buf |= (u64)ahead << (32 - avail);
+                        avail += 32;
+                        ahead = be_word(words, w++, last_word);
+                    }
                     STAGED_SYMBOL(e0);
                     if (4 * k + q + 1 < todo) STAGED_SYMBOL(e1);
                     packed |= ((e0 & 0xff) | ((e1 & 0xff) << 8)) << (8 * q);
@@ -191,14 +207,15 @@ __device__ __forceinline__ void staged(const i64* __restrict__ job, int* __restr
         }
         __syncthreads();
         // write: the CTA's rows of this round, 8 values (16 bytes) per store
-        for (int piece = threadIdx.x; piece < THREADS * (ROUND / 8); piece += THREADS) {
-            const int row = piece / (ROUND / 8), part = piece % (ROUND / 8);
+#pragma unroll
+        for (int j = 0; j < ROUND / 8; j++) {
+            const int piece = threadIdx.x + j * THREADS, row = piece / (ROUND / 8), part = piece % (ROUND / 8);
             const i64 at = (first_block + row) * block + r + part * 8;
             const i64 row_end = min((first_block + row + 1) * block, n);
             if (at >= row_end) continue;
             const u32 w0 = exps[row * ROW_WORDS + 2 * part], w1 = exps[row * ROW_WORDS + 2 * part + 1];
             if (at + 8 <= row_end) {
-                const uint2 s8 = *(const uint2*)(sm + at);
+                const uint2 s8 = sms[j];
                 uint4 v;
                 v.x = bf16_of(w0 & 0xff, s8.x & 0xff) | (bf16_of((w0 >> 8) & 0xff, (s8.x >> 8) & 0xff) << 16);
                 v.y = bf16_of((w0 >> 16) & 0xff, (s8.x >> 16) & 0xff) | (bf16_of(w0 >> 24, s8.x >> 24) << 16);
