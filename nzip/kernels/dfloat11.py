@@ -19,7 +19,7 @@ from .cuda import Module
 
 _SOURCE = Path(__file__).with_name("dfloat11_decode.cu").read_text()
 THREADS = 128  # the kernels' THREADS (tools/bench_gpu.py --sweep chose them)
-ROUND = 64
+ROUND = 32
 SHARED_LUT_BITS = 14
 _modules: dict[tuple, Module] = {}
 

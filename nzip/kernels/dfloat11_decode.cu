@@ -119,7 +119,7 @@ dfloat11_decode_any(const i64* __restrict__ jobs, const int* __restrict__ cta_jo
 // CTA writes those rounds out together, so that loads and stores are whole 32-byte sectors
 // (threads writing their own blocks directly hit 64 different sectors per instruction).
 #ifndef ROUND
-#define ROUND 64
+#define ROUND 32
 #endif
 #define ROW_WORDS (ROUND / 4 + 1)  // padded so that threads store to distinct banks
 
