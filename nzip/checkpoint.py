@@ -27,7 +27,14 @@ def save(state_dict: Mapping[str, Any], path: str | os.PathLike, codec="auto", t
 
 
 def load(path: str | os.PathLike, device=None, keys=None, framework: str = "torch", threads: int = 0) -> dict:
-    """Read a container back into {name: tensor}; keys picks a subset."""
+    """Read a container back into {name: tensor}; keys picks a subset. A folder written by
+    the DFloat11 project (config.json with dfloat11_config) loads as its bf16 state dict."""
+    if os.path.isdir(path):
+        from .formats import dfloat11_checkpoint
+
+        if dfloat11_checkpoint.config_of(path) is not None:
+            state = dfloat11_checkpoint.load_folder(path, device=device, threads=threads)
+            return state if keys is None else {k: state[k] for k in keys}
     with container.Container(path) as box:
         return box.tensors(keys, device=device, framework=framework, threads=threads)
 

@@ -133,6 +133,39 @@ def test_dfloat11_layout_matches_the_golden_size():
     assert mine["output_positions"].numel() == bufs["output_positions"].numel()
 
 
+def test_load_a_dfloat11_folder(tmp_path):
+    """A folder in the project's layout (config.json + safetensors), written the way its
+    compress_model writes one, loads as the bf16 state dict."""
+    import json
+
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(5)
+    q, k = torch.randn(8, 16, generator=g).bfloat16(), torch.randn(4, 16, generator=g).bfloat16()
+    head = torch.randn(10, 16, generator=g).bfloat16()
+    norm = torch.ones(16)
+    tensors = {f"layers.0.{name}": t for name, t in df11.encode_module([q, k]).items()}
+    tensors.update({f"lm_head.{name}": t for name, t in df11.encode_module([head]).items()})
+    tensors["norm.weight"] = norm
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    config = {"dfloat11_config": {"version": "0.5.0", "threads_per_block": [512], "bytes_per_thread": 8,
+                                  "pattern_dict": {r"layers\.\d+": ["q_proj", "k_proj"], "lm_head": []}}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    sd = df11.load_folder(tmp_path, shapes={"layers.0.q_proj.weight": (8, 16), "layers.0.k_proj.weight": (4, 16),
+                                            "lm_head.weight": (10, 16)})
+    assert bits_equal(sd["layers.0.q_proj.weight"], q) and bits_equal(sd["layers.0.k_proj.weight"], k)
+    assert bits_equal(sd["lm_head.weight"], head) and bits_equal(sd["norm.weight"], norm)
+    flat = nzip.load(tmp_path)  # no transformers config here: weights come back flat
+    assert bits_equal(flat["lm_head.weight"], head.reshape(-1))
+
+
+def test_upload_frame_takes_dfloat11_only():
+    from nzip.errors import BadParameterError
+
+    with pytest.raises(BadParameterError):
+        gpu.upload_frame(codecs.encode(torch.ones(3), "zstd"), "cpu")
+
+
 def test_dfloat11_layout_refuses_what_it_cannot_hold():
     with pytest.raises(UnsupportedDtypeError):
         df11.encode_module([torch.tensor([1.0, float("inf")], dtype=torch.bfloat16)])

@@ -178,7 +178,16 @@ def main() -> None:
     ap.add_argument("--df11-wheel-dir", default=None)
     ap.add_argument("--json", default="bench/results/gpu.json")
     ap.add_argument("--sweep", action="store_true", help="compare the kernel's tuning constants instead")
+    ap.add_argument("--readme", metavar="RESULTS_JSON",
+                    help="only rewrite README.md's GPU table from a results file (needs no GPU)")
     args = ap.parse_args()
+    if args.readme:
+        readme = Path(__file__).resolve().parents[1] / "README.md"
+        text, mark = readme.read_text(), ("<!-- bench:gpu -->", "<!-- /bench:gpu -->")
+        head, rest = text.split(mark[0], 1)
+        readme.write_text(head + mark[0] + "\n" + table(json.loads(Path(args.readme).read_text())) + "\n\n" + mark[1]
+                          + rest.split(mark[1], 1)[1])
+        return
     if not torch.cuda.is_available():
         sys.exit("bench_gpu.py needs a CUDA GPU")
     if args.sweep:

@@ -114,6 +114,19 @@ def upload(payload, count: int, block: int, limit: int, device) -> DeviceTensor:
                         w["sm"])
 
 
+def upload_frame(frame, device) -> tuple[DeviceTensor, tuple]:
+    """A `dfloat11` frame (from codecs.encode), checked and placed on `device`: (resident
+    tensor, its shape)."""
+    from ..codecs.api import _parse_frame, check_payload, get
+
+    header, payload, dtype, shape, count = _parse_frame(frame)
+    codec = get(header["codec"])
+    if codec.codec_id != "dfloat11":
+        raise BadParameterError(f"upload_frame takes dfloat11 frames, this one is {codec.codec_id}")
+    check_payload(codec, payload, dtype, count)
+    return upload(payload, count, codec.block, codec.code_length_limit, device), shape
+
+
 class Plan:
     """The job table of one batch, on the GPU: decoding the same tensors into the same
     buffers again (every forward pass) costs one launch and nothing on the host."""
