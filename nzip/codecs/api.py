@@ -77,9 +77,14 @@ def decode_raw(codec: Codec, payload, dtype: DType, count: int, threads: int, ra
         raw = codec.decode_payload(payload, dtype, count, resolve_threads(threads))
     if raw.dtype != np.uint8 or raw.size != count * dtype.itemsize:
         raise CorruptDataError(f"{codec.codec_id}: decoded {raw.size} bytes, expected {count * dtype.itemsize}")
+    check_raw_hash(raw, raw_hash, codec)
+    return raw
+
+
+def check_raw_hash(raw: np.ndarray, raw_hash: str | None, codec: Codec) -> None:
+    """The decoded bytes are the original's (its checksum was taken at encode time)."""
     if raw_hash is not None and f"{xxh3(raw):016x}" != raw_hash:
         raise CorruptDataError(f"{codec.codec_id}: decoded bytes do not match the checksum of the original")
-    return raw
 
 
 def decode_jobs(jobs: list, threads: int) -> None:
@@ -99,7 +104,8 @@ def decode_many(frames, out=None, threads: int = 0) -> list:
     because codecs decode their payloads in one batch across threads. out: optionally one
     preallocated buffer per frame (as for decode); otherwise the results are views of one
     freshly allocated buffer."""
-    # the frames' checksums are checked side by side (xxh3 runs without the GIL)
+    # the frames' checksums and headers are checked on the pool (python-xxhash holds the GIL,
+    # so this gains little; decoding below is where the threads pay)
     parsed = pmap(_parse_frame, frames, resolve_threads(threads), cost=len)
     if out is None:
         bufs = fresh_buffers([p[4] * p[2].itemsize for p in parsed])
@@ -123,17 +129,16 @@ def decode_on_device(codec: Codec, payload, dtype: DType, count: int, shape: tup
 
     if torch.device(device).type == "cpu":
         return None
-    check_payload(codec, payload, dtype, count)
-    resident = codec.to_device(memoryview(payload).cast("B"), dtype, count, device)
+    resident = to_device(codec, payload, dtype, count, device)
     if resident is None:
         return None
     return codec.decode_on_device([resident])[0].view(shape)
 
 
-def _check_raw_hash(tensor, expected: str | None, codec: Codec) -> None:
-    raw = to_bytes(tensor.detach().cpu())[0]
-    if expected is not None and f"{xxh3(raw):016x}" != expected:
-        raise CorruptDataError(f"{codec.codec_id}: decoded bytes do not match the checksum of the original")
+def to_device(codec: Codec, payload, dtype: DType, count: int, device):
+    """The payload, checked, in the codec's GPU-resident form; None if it has none."""
+    check_payload(codec, payload, dtype, count)
+    return codec.to_device(memoryview(payload).cast("B"), dtype, count, device)
 
 
 def _parse_frame(frame) -> tuple[dict, memoryview, DType, tuple[int, ...], int]:
@@ -180,7 +185,7 @@ def decode(frame, device=None, threads: int = 0, verify: bool = False, out=None)
         on_device = decode_on_device(codec, payload, dtype, count, shape, device)
         if on_device is not None:
             if verify:
-                _check_raw_hash(on_device, header.get("raw_xxh3"), codec)
+                check_raw_hash(to_bytes(on_device.cpu())[0], header.get("raw_xxh3"), codec)
             return on_device
     if out is not None:
         decode_raw(codec, payload, dtype, count, threads, header.get("raw_xxh3") if verify else None,

@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from ..codecs import get as get_codec
-from ..codecs.api import check_shape, decode_jobs, decode_on_device, decode_raw
+from ..codecs.api import check_shape, decode_jobs, decode_on_device, decode_raw, to_device
 from ..codecs.registry import Codec, resolve_threads
 from ..codecs.scratch import fresh_buffers
 from ..dtypes import DType, from_bytes
@@ -268,7 +268,7 @@ class Container:
         def job(n):
             return get_codec(self.entry(n)["codec"]), self.checked_payload(n), shapes[n][0], shapes[n][2], outs[n]
 
-        # checksums side by side (xxh3 runs without the GIL), then one batched decode
+        # checksums on the pool (python-xxhash holds the GIL: little gain), then one batched decode
         jobs = pmap(job, names, threads, cost=lambda n: self._entries[n]["size"])
         try:
             decode_jobs(jobs, threads)
@@ -287,7 +287,7 @@ class Container:
             e = self.entry(n)
             dtype, shape, count = check_shape(e["dtype"], e["shape"])
             codec = get_codec(e["codec"])
-            r = codec.to_device(self.checked_payload(n), dtype, count, device) if count else None
+            r = to_device(codec, self.checked_payload(n), dtype, count, device) if count else None
             if r is None:
                 on_cpu.append(n)
             else:

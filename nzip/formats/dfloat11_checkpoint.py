@@ -55,8 +55,7 @@ def encode_module(weights: list, threads_per_block: int = THREADS_PER_BLOCK,
     counts = rans.histogram(exp)
     if counts[POINTER_MIN:].any():
         raise UnsupportedDtypeError("DFloat11's layout cannot hold exponents >= 240 (|x| >= 2^113, inf or NaN)")
-    lengths, luts = _code_and_tables(counts)
-    codes = huffman.canonical_codes(lengths)
+    lengths, codes, luts = _code_and_tables(counts)
     stream = bytearray(n * int(lengths.max(initial=1)) // 8 + 32)
     offsets = np.zeros(1, np.uint64)
     nbits = _entropy.huff_encode(exp, codes, lengths, max(n, 1), stream, offsets) if n else 0
@@ -83,16 +82,17 @@ def encode_module(weights: list, threads_per_block: int = THREADS_PER_BLOCK,
     }
 
 
-def _code_and_tables(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _code_and_tables(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A canonical Huffman code whose byte-level tables fit the layout: at most 16 pointer
     tables. Canonical codes put the long ones together, so they share few prefixes; a
     flat distribution over many exponents may still need more, and then a shorter limit
     (at worst 8 bits: a single table) is taken."""
     for limit in (MAX_CODE_BITS, 24, 16, 12, 8):  # 8: one table, no pointers
         lengths = huffman.code_lengths(counts, limit) if counts.any() else np.zeros(256, np.uint8)
-        luts = _tables(lengths, huffman.canonical_codes(lengths))
+        codes = huffman.canonical_codes(lengths)
+        luts = _tables(lengths, codes)
         if luts is not None:
-            return lengths, luts
+            return lengths, codes, luts
     raise BadParameterError("no DFloat11 table layout fits this exponent distribution")
 
 
