@@ -57,23 +57,52 @@ def payload_of(frame):
 
 
 def model_of_kernel(image: np.ndarray, w: dict, count: int, block: int) -> np.ndarray:
-    """What dfloat11_decode.cu computes, written out plainly: the device image decodes."""
-    maxlen = w["maxlen"]
+    """What dfloat11_decode.cu computes, written out plainly: the device image decodes, up to
+    four codes per step through the multi-code table (fewer where the block ends), one
+    through the code table where the first code is longer than the table's window."""
+    maxlen, kbits = w["maxlen"], w["kbits"]
     lut = image[w["lut"]: w["lut"] + (2 << maxlen)].view("<u2")
+    multi = image[w["multi"]: w["multi"] + (8 << kbits)].view("<u8")
     nblocks = -(-count // block)
     offsets = image[w["offsets"]: w["offsets"] + 8 * (nblocks + 1)].view("<u8")
-    bits = np.unpackbits(image[w["stream"]: w["stream"] + w["stream_bytes"] + 8])
+    bits = "".join(map(str, np.unpackbits(image[w["stream"]: w["stream"] + w["stream_bytes"] + 8])))
     sm = image[w["sm"]: w["sm"] + count].astype(np.uint16)
-    out = np.empty(count, np.uint16)
+    exps = np.empty(count, np.uint16)
     for b in range(nblocks):
-        pos = int(offsets[b])
-        for i in range(b * block, min(count, (b + 1) * block)):
-            e = int(lut[int("".join(map(str, bits[pos: pos + maxlen])), 2)])
-            assert e, "a prefix no code has"
-            out[i] = ((sm[i] & 0x80) << 8) | ((e & 0xFF) << 7) | (sm[i] & 0x7F)
-            pos += e >> 8
+        pos, i, end = int(offsets[b]), b * block, min(count, (b + 1) * block)
+        while i < end:
+            m = int(multi[int(bits[pos: pos + kbits], 2)])
+            got = min((m >> 32) & 7, end - i)
+            if got:
+                exps[i: i + got] = [(m >> (8 * j)) & 0xFF for j in range(got)]
+                i, pos = i + got, pos + ((m >> (32 + 4 * got)) & 15)
+            else:
+                e = int(lut[int(bits[pos: pos + maxlen], 2)])
+                assert e, "a prefix no code has"
+                exps[i], i, pos = e & 0xFF, i + 1, pos + (e >> 8)
         assert pos == offsets[b + 1]
-    return out
+    return ((sm & 0x80) << 8) | (exps << 7) | (sm & 0x7F)
+
+
+def test_multi_code_table_takes_whole_codes_only():
+    # codes: 0 -> exponent 1 (1 bit), 10 -> 2, 110 -> 3, 111 -> 4; maxlen 3; a 4-bit window
+    lut = np.array([1 << 8 | 1] * 4 + [2 << 8 | 2] * 2 + [3 << 8 | 3, 3 << 8 | 4], np.uint16)
+    table = gpu.multi_code_table(lut, 3, 3)
+
+    def entry(*codes):  # (exponent, length) in stream order
+        value, total = len(codes) << 32, 0
+        for k, (e, length) in enumerate(codes, 1):
+            total += length
+            value |= e << (8 * (k - 1)) | total << (32 + 4 * k)
+        return value
+
+    assert table[0b000] == entry((1, 1), (1, 1), (1, 1))
+    assert table[0b010] == entry((1, 1), (2, 2))
+    assert table[0b101] == entry((2, 2))  # "1" after "10" is no whole code
+    assert table[0b111] == entry((4, 3))
+    four = gpu.multi_code_table(np.array([1 << 8 | 9] * 8 + [1 << 8 | 5] * 8, np.uint16), 4, 4)
+    assert four[0b0000] == entry((9, 1), (9, 1), (9, 1), (9, 1))
+    assert gpu.multi_code_table(np.array([0, 0, 1 << 8 | 7, 1 << 8 | 7], np.uint16), 2, 2)[0] == 0  # no code
 
 
 @pytest.mark.parametrize("name", ["random", "special", "partial-block", "one"])

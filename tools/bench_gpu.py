@@ -4,14 +4,16 @@ Run on a machine with a CUDA GPU (the device machine):
     python tools/bench_gpu.py [--sizes-mib 1,2,...] [--df11-wheel-dir .whl] [--json OUT]
 
 Data: torch.randn(n, seed 0) * 0.02 in bf16, n = size / 2, as in issue 3. For each size:
-- nzip: the tensor encoded with codec dfloat11 (block 2048, the default, and block 512),
+- nzip: the tensor encoded with codec dfloat11 (block 2048, the default, and block 256, the
+  layout for weights kept on the GPU: more blocks, more threads),
   uploaded once (`nzip.kernels.dfloat11.upload`), decoded by a Plan (one launch);
 - DFloat11: the same tensor written in the DFloat11 project's layout by nzip's writer
   (nzip.formats.dfloat11_checkpoint.encode_module) and decoded by the package's own PTX
   kernel (decode.ptx from the dfloat11 0.5.0 wheel, launched through cupy exactly as the
   package launches it); its output is checked bit for bit, which is also the proof that
   the package's kernel reads what nzip writes.
-Throughput = bf16 bytes written / kernel time (CUDA events, median of repetitions). The
+Throughput = bf16 bytes written / kernel time (CUDA graphs of 10 launches timed by CUDA
+events, median of repetitions; the same for both kernels). The
 copy bandwidth of the card (device-to-device copy, bytes read + written) is the ceiling.
 """
 
@@ -40,25 +42,43 @@ from nzip.kernels import dfloat11 as gpu  # noqa: E402
 MiB = 1 << 20
 
 
-def timed(fn, reps: int) -> float:
-    """Median seconds of fn() on the GPU (CUDA events), after two warm-ups."""
+def timed(fn, reps: int, inner: int = 10) -> float:
+    """Median seconds of one fn() on the GPU: `inner` calls captured in a CUDA graph and
+    replayed (CUDA events around each replay), so that the Python cost of a launch (tens of
+    microseconds, for both kernels) does not count as decode time. Falls back to plain
+    back-to-back launches where a capture is refused."""
     for _ in range(2):
         fn()
+    torch.cuda.synchronize()
+    try:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(inner):
+                fn()
+        run = graph.replay
+    except Exception as e:  # noqa: BLE001 - any capture failure: time without a graph
+        print(f"(no CUDA graph: {e}; timing plain launches)", file=sys.stderr)
+        torch.cuda.synchronize()
+
+        def run():
+            for _ in range(inner):
+                fn()
+    run()
     times = []
     for _ in range(reps):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
-        fn()
+        run()
         b.record()
         b.synchronize()
-        times.append(a.elapsed_time(b) / 1e3)
+        times.append(a.elapsed_time(b) / 1e3 / inner)
     return float(np.median(times))
 
 
 def copy_bandwidth() -> float:
     src = torch.empty(4 << 30, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
-    t = timed(lambda: dst.copy_(src), 10)
+    t = timed(lambda: dst.copy_(src), 5, inner=2)
     return 2 * src.numel() / t / 1e9
 
 
@@ -90,7 +110,7 @@ def bench_size(nbytes: int, kernel, reps: int) -> dict:
     ref = (torch.randn(n, generator=g, device="cuda") * 0.02).bfloat16()
     host = ref.cpu()
     row = {"mib": nbytes / MiB, "elements": n}
-    for block in (2048, 512):
+    for block in (2048, 256):
         frame = codecs.encode(host, "dfloat11", block=block)
         header, payload, _, _, _ = _parse_frame(frame)
         config = header["codec"]
@@ -131,40 +151,46 @@ def bench_size(nbytes: int, kernel, reps: int) -> dict:
 
 
 def sweep(sizes_mib: list[float]) -> list[dict]:
-    """Tuning constants of the staged kernel (CTA size, round length, shared or cached
-    lookup table) on the same data: which one the library should use."""
+    """Tuning constants of the staged kernel (CTA size, round length, minimum CTAs per SM,
+    index bits of the multi-code table) on the same data: which one the library should use."""
     rows = []
     for mib in sizes_mib:
         n = int(mib * MiB) // 2
         g = torch.Generator(device="cuda").manual_seed(0)
         ref = (torch.randn(n, generator=g, device="cuda") * 0.02).bfloat16()
         host = ref.cpu()
-        for block in (512, 2048):
+        for block in (256, 512, 2048):
             header, payload, _, _, _ = _parse_frame(codecs.encode(host, "dfloat11", block=block))
-            resident = gpu.upload(payload, n, block, header["codec"]["code_length_limit"], "cuda")
             out = torch.empty(n, dtype=torch.bfloat16, device="cuda")
-            for tuning in ((128, 32, 14), (128, 64, 14), (64, 64, 14), (256, 64, 14), (128, 128, 14), (128, 64, 0)):
-                plan = gpu.Plan([resident], [out], *tuning)
-                out.zero_()
-                plan.run(check=True)
-                assert torch.equal(out.view(torch.int16), ref.view(torch.int16))
-                t = timed(lambda: plan.run(check=False), 20)
-                k = gpu._module(*tuning).kernel(plan.kernel_name, "cuda")
-                row = {"mib": mib, "block": block, "threads": tuning[0], "round": tuning[1],
-                       "shared_lut": tuning[2] > 0, "gbps": n * 2 / t / 1e9, "regs": k.attribute(4),
-                       "local_bytes": k.attribute(3)}
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+            for multi_bits in (12, 11, 10):
+                resident = gpu.upload(payload, n, block, header["codec"]["code_length_limit"], "cuda", multi_bits)
+                for tuning in ((128, 32, 14, 1), (128, 16, 14, 1), (128, 32, 14, 8), (256, 32, 14, 1), (64, 32, 14, 1),
+                               (128, 64, 14, 1)):
+                    if multi_bits != 12 and tuning[:2] != (128, 32):
+                        continue
+                    plan = gpu.Plan([resident], [out], *tuning)
+                    out.zero_()
+                    plan.run(check=True)
+                    assert torch.equal(out.view(torch.int16), ref.view(torch.int16))
+                    t = timed(lambda: plan.run(check=False), 20)
+                    k = gpu._module(*tuning).kernel(plan.kernel_name, "cuda")
+                    row = {"mib": mib, "block": block, "multi_bits": multi_bits, "threads": tuning[0],
+                           "round": tuning[1], "min_ctas": tuning[3], "gbps": round(n * 2 / t / 1e9, 1),
+                           "regs": k.attribute(4), "local_bytes": k.attribute(3)}
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+                del resident
     return rows
 
 
 def table(results: dict) -> str:
-    lines = [f"GPU: {results['gpu']}; device copy bandwidth {results['copy_gbps']:.0f} GB/s (read + write)", "",
-             "| bf16 size | nzip size | nzip GB/s | nzip b512 size | nzip b512 GB/s | DFloat11 size | DFloat11 GB/s"
-             " | nzip / DFloat11 | b512 / DFloat11 |",
+    lines = [f"GPU: {results['gpu']}; device copy bandwidth {results['copy_gbps']:.0f} GB/s (read + write); "
+             f"timing: {results.get('timing', 'CUDA events')}", "",
+             "| bf16 size | nzip b2048 size | nzip b2048 GB/s | nzip b256 size | nzip b256 GB/s | DFloat11 size"
+             " | DFloat11 GB/s | b2048 / DFloat11 | b256 / DFloat11 |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results["rows"]:
-        a, b, d = r["nzip_b2048"], r["nzip_b512"], r.get("dfloat11")
+        a, b, d = r["nzip_b2048"], r["nzip_b256"], r.get("dfloat11")
         ds = f"{d['size_fraction']:.4f} | {d['gbps']:.0f}" if d else "- | -"
         ra = f"{a['gbps'] / d['gbps']:.2f}x | {b['gbps'] / d['gbps']:.2f}x" if d else "- | -"
         lines.append(f"| {r['mib']:g} MiB | {a['size_fraction']:.4f} | {a['gbps']:.0f} | {b['size_fraction']:.4f} | "
@@ -197,7 +223,7 @@ def main() -> None:
         return
     kernel = df11_kernel(args.df11_wheel_dir)
     results = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "python": platform.python_version(),
-               "copy_gbps": copy_bandwidth(), "rows": []}
+               "timing": "CUDA graph of 10 launches, CUDA events, median", "copy_gbps": copy_bandwidth(), "rows": []}
     for mib in [float(s) for s in args.sizes_mib.split(",")]:
         reps = 50 if mib <= 64 else 20 if mib <= 512 else 5
         row = bench_size(int(mib * MiB), kernel, reps)

@@ -170,13 +170,17 @@ class Kernel:
     def __call__(self, grid: int, block: int, args: list, shared: int = 0, stream=None) -> None:
         """Launch on `stream` (default: torch's current stream of the kernel's device).
         args: torch tensors (passed as pointers), or ctypes values."""
+        self.prepare(grid, block, args, shared)(stream)
+
+    def prepare(self, grid: int, block: int, args: list, shared: int = 0):
+        """The launch with its arguments packed once: calling the result costs only
+        cuLaunchKernel (what a plan replayed every forward pass wants). Tensors in args
+        must outlive it."""
         import torch
 
         libs = _libraries()
-        if grid <= 0:
-            return
-        libs.check(libs.cuda.cuCtxSetCurrent(self.context), "cuCtxSetCurrent")
         if shared > self._shared_set:
+            libs.check(libs.cuda.cuCtxSetCurrent(self.context), "cuCtxSetCurrent")
             libs.check(libs.cuda.cuFuncSetAttribute(self.handle, _SHARED_ATTR, shared), "raising shared memory")
             self._shared_set = shared
         holders = []
@@ -188,7 +192,17 @@ class Kernel:
             else:
                 holders.append(a)
         params = (ctypes.c_void_p * len(holders))(*[ctypes.addressof(h) for h in holders])
-        if stream is None:
-            stream = torch.cuda.current_stream(self.device_index)
-        libs.check(libs.cuda.cuLaunchKernel(self.handle, grid, 1, 1, block, 1, 1, shared,
-                                            ctypes.c_void_p(stream.cuda_stream), params, None), "cuLaunchKernel")
+        launch_kernel, set_current, check = libs.cuda.cuLaunchKernel, libs.cuda.cuCtxSetCurrent, libs.check
+        handle, context, index = self.handle, self.context, self.device_index
+
+        def launch(stream=None) -> None:
+            if grid <= 0:
+                return
+            if stream is None:
+                stream = torch.cuda.current_stream(index)
+            check(set_current(context), "cuCtxSetCurrent")
+            check(launch_kernel(handle, grid, 1, 1, block, 1, 1, shared, ctypes.c_void_p(stream.cuda_stream), params,
+                                None), "cuLaunchKernel")
+
+        launch.keep = (holders, params)  # the packed arguments live as long as the launch
+        return launch
