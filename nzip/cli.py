@@ -2,6 +2,8 @@
 
     nzip pack model.safetensors            -> model.nz
     nzip unpack model.nz                   -> model.safetensors (byte for byte)
+    nzip pack --format dfloat11 MODEL_DIR  -> MODEL_DIR-dfloat11/ (the DFloat11 project's layout)
+    nzip unpack DF11_DIR                   -> DF11_DIR-bf16/ (plain bf16 safetensors)
     nzip info model.nz
     nzip verify model.nz
 """
@@ -46,6 +48,8 @@ def _codec_arg(value: str):
 
 def cmd_pack(args) -> None:
     src = Path(args.input)
+    if args.format == "dfloat11" or src.is_dir():
+        return _pack_dfloat11_folder(args, src)
     dst = Path(args.output) if args.output else src.with_suffix(".nz")
     if dst.resolve() == src.resolve():
         raise NzipError("output would overwrite the input")
@@ -56,8 +60,40 @@ def cmd_pack(args) -> None:
     _report(args, src, dst, time.perf_counter() - t0)
 
 
+def _pack_dfloat11_folder(args, src: Path) -> None:
+    from .formats import dfloat11_checkpoint
+
+    if not src.is_dir():
+        raise NzipError(f"--format dfloat11 packs a Hugging Face model folder; {src} is not a folder")
+    if args.format != "dfloat11":
+        raise NzipError(f"{src} is a folder: pack it with --format dfloat11 (the DFloat11 project's layout)")
+    dst = Path(args.output) if args.output else src.with_name(src.name + "-dfloat11")
+    t0 = time.perf_counter()
+    total = sum(f.stat().st_size for f in src.glob("*.safetensors"))
+    with _progress(args, total, f"pack {src.name}") as bar:
+        s = dfloat11_checkpoint.write_folder(src, dst, overwrite=args.force, progress=bar.update if bar else None)
+    ratio = f"{s['compressed_bytes'] / s['bf16_bytes']:.2%}" if s["bf16_bytes"] else "n/a"
+    _say(args, f"{src} : {s['modules']} bf16 weights to {ratio} ({s['bf16_bytes']} => {s['compressed_bytes']} bytes; "
+               f"{s['kept_bytes']} bytes kept as they were) -> {dst} in {time.perf_counter() - t0:.2f} s")
+
+
+def _unpack_dfloat11_folder(args, src: Path) -> None:
+    from .formats import dfloat11_checkpoint
+
+    dst = Path(args.output) if args.output else src.with_name(src.name + "-bf16")
+    t0 = time.perf_counter()
+    s = dfloat11_checkpoint.unpack_folder(src, dst, overwrite=args.force, threads=args.threads)
+    _say(args, f"{src} : {s['tensors']} tensors, {s['bytes']} bytes -> {dst} in {time.perf_counter() - t0:.2f} s")
+
+
 def cmd_unpack(args) -> None:
     src = Path(args.input)
+    if src.is_dir():
+        from .formats import dfloat11_checkpoint
+
+        if dfloat11_checkpoint.config_of(src) is None:
+            raise NzipError(f"{src} is a folder but no DFloat11 checkpoint (config.json has no dfloat11_config)")
+        return _unpack_dfloat11_folder(args, src)
     with container.Container(src) as box:
         if args.output:
             dst = Path(args.output)
@@ -130,14 +166,19 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("-q", "--quiet", action="store_true", help="no progress and no summary")
         sp.add_argument("-v", "--verbose", action="store_true", help="print a traceback on error")
 
-    sp = sub.add_parser("pack", help="compress a .safetensors file into .nz (lossless)")
+    sp = sub.add_parser("pack", help="compress a .safetensors file into .nz, or a model folder into the "
+                                     "DFloat11 layout (lossless)")
     sp.add_argument("input")
+    sp.add_argument("--format", choices=("nz", "dfloat11"), default="nz",
+                    help="nz (default): nzip's container; dfloat11: a Hugging Face folder in the DFloat11 "
+                         "project's layout, loadable by the dfloat11 package")
     sp.add_argument("--codec", default="auto",
                     help=f"auto (per tensor, default) or one of: {', '.join(available())}; or a JSON config")
     common(sp)
     sp.set_defaults(func=cmd_pack)
 
-    sp = sub.add_parser("unpack", help="restore the original file from .nz, byte for byte")
+    sp = sub.add_parser("unpack", help="restore the original file from .nz, byte for byte; a DFloat11 "
+                                       "folder to plain bf16 safetensors")
     sp.add_argument("input")
     common(sp)
     sp.set_defaults(func=cmd_unpack)

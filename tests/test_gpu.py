@@ -309,3 +309,112 @@ def test_gpu_reads_the_dfloat11_layout():
                (torch.randn(1 << 20, generator=g) * 0.02).bfloat16()]
     mine = df11.encode_module(weights)
     assert bits_equal(df11.decode_module(mine, device="cuda").cpu(), torch.cat(weights))
+
+
+# -- compressed models on the GPU, and the dfloat11 package itself -----------------------
+def _tiny_llama_folder(tmp_path, seed: int = 0):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(vocab_size=1024, hidden_size=128, intermediate_size=352, num_hidden_layers=3,
+                                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = transformers.LlamaForCausalLM(config).to(torch.bfloat16).eval()
+    folder = tmp_path / "llama"
+    model.save_pretrained(folder)
+    return transformers, folder
+
+
+@cuda
+def test_compressed_llama_on_the_gpu(tmp_path):
+    import nzip.torch as nzt
+
+    transformers, folder = _tiny_llama_folder(tmp_path)
+    ref = transformers.LlamaForCausalLM.from_pretrained(str(folder), torch_dtype=torch.bfloat16).eval().cuda()
+    ids = torch.randint(0, 1024, (4, 20), generator=torch.Generator().manual_seed(0)).cuda()
+    with torch.no_grad():
+        want = ref(ids).logits
+    model = nzt.from_pretrained(folder, device="cuda")
+    assert model.nzip.device.type == "cuda" and model.nzip.groups[0].plan is not None
+    with torch.no_grad():
+        assert bits_equal(model(ids).logits, want)
+        assert bits_equal(model(ids).logits, want)
+
+
+def _df11():
+    pytest.importorskip("cupy")
+    return pytest.importorskip("dfloat11.dfloat11")
+
+
+@cuda
+def test_dfloat11_package_loads_what_nzip_writes(tmp_path):
+    df11_pkg = _df11()
+    transformers, folder = _tiny_llama_folder(tmp_path, seed=1)
+    ref = transformers.LlamaForCausalLM.from_pretrained(str(folder), torch_dtype=torch.bfloat16).eval().cuda()
+    df11.write_folder(folder, tmp_path / "df11")
+    theirs = df11_pkg.DFloat11Model.from_pretrained(str(tmp_path / "df11"), device="cuda")
+    ids = torch.randint(0, 1024, (2, 16), generator=torch.Generator().manual_seed(1)).cuda()
+    with torch.no_grad():
+        assert bits_equal(theirs(ids).logits, ref(ids).logits)
+
+
+@cuda
+def test_nzip_reads_what_the_dfloat11_package_writes(tmp_path):
+    import nzip.torch as nzt
+
+    df11_pkg = _df11()
+    transformers, folder = _tiny_llama_folder(tmp_path, seed=2)
+    model = transformers.LlamaForCausalLM.from_pretrained(str(folder), torch_dtype=torch.bfloat16).eval()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    ids = torch.randint(0, 1024, (2, 16), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = model.cuda()(ids.cuda()).logits
+    model.cpu()
+    patterns = {r"lm_head": [], r"model\.embed_tokens": [], r"model\.layers\.\d+": [
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+        "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]}
+    df11_pkg.compress_model(model, pattern_dict=patterns, save_path=str(tmp_path / "theirs"), save_single_file=False)
+    state = nzip.load(tmp_path / "theirs")  # CPU decode
+    assert all(bits_equal(state[k], weights[k]) for k in weights)
+    on_gpu = nzip.load(tmp_path / "theirs", device="cuda")  # GPU decode, no cupy
+    assert all(bits_equal(on_gpu[k], weights[k]) for k in weights)
+    ours = nzt.from_pretrained(tmp_path / "theirs", device="cuda")
+    with torch.no_grad():
+        assert bits_equal(ours(ids.cuda()).logits, want)
+
+
+@cuda
+def test_dfloat11_package_and_nzip_agree_on_minilm(minilm_path, tmp_path):
+    """MiniLM-bf16 both ways: nzip's folder loaded by the package, the package's read by nzip."""
+    import nzip.torch as nzt
+    from safetensors.torch import load_file, save_file
+
+    df11_pkg = _df11()
+    transformers = pytest.importorskip("transformers")
+    src = tmp_path / "minilm"
+    src.mkdir()
+    config = transformers.BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                                     intermediate_size=1536, architectures=["BertModel"])
+    config.save_pretrained(src)
+    state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in load_file(str(minilm_path)).items()}
+    save_file(state, str(src / "model.safetensors"), metadata={"format": "pt"})
+    ref = transformers.BertModel.from_pretrained(str(src), torch_dtype=torch.bfloat16).eval().cuda()
+    ids = torch.randint(0, 30522, (3, 24), generator=torch.Generator().manual_seed(3)).cuda()
+    with torch.no_grad():
+        want = ref(ids).last_hidden_state
+    # nzip writes, the package loads (into a bf16 BertModel it is given)
+    df11.write_folder(src, tmp_path / "ours")
+    blank = transformers.BertModel(config).to(torch.bfloat16).eval()
+    theirs = df11_pkg.DFloat11Model.from_pretrained(str(tmp_path / "ours"), device="cuda", bfloat16_model=blank)
+    with torch.no_grad():
+        assert bits_equal(theirs(ids).last_hidden_state, want)
+    # the package writes, nzip loads
+    model = transformers.BertModel.from_pretrained(str(src), torch_dtype=torch.bfloat16).eval()
+    patterns = {r"embeddings\.word_embeddings": [], r"encoder\.layer\.\d+": [
+        "attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+        "intermediate.dense", "output.dense"]}
+    df11_pkg.compress_model(model, pattern_dict=patterns, save_path=str(tmp_path / "pkg"), save_single_file=False)
+    loaded = nzip.load(tmp_path / "pkg", device="cuda")
+    ref_state = ref.state_dict()
+    assert all(bits_equal(loaded[k], ref_state[k]) for k in loaded if k in ref_state)
+    ours = nzt.from_pretrained(tmp_path / "pkg", device="cuda")
+    with torch.no_grad():
+        assert bits_equal(ours(ids).last_hidden_state, want)

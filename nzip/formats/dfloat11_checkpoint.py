@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..codecs.entropy import _entropy, huffman, rans
-from ..errors import BadParameterError, CorruptDataError, FormatError, UnsupportedDtypeError
+from ..errors import BadParameterError, CorruptDataError, FormatError, NzipError, UnsupportedDtypeError
 
 VERSION = "0.5.0"
 THREADS_PER_BLOCK = 512
@@ -224,20 +224,155 @@ def load_folder(folder, device=None, shapes: dict | None = None, threads: int = 
     return state
 
 
-def model_shapes(folder) -> dict | None:
-    """name -> shape of the model the folder's config describes (transformers, meta device)."""
+def meta_model(folder):
+    """The model a folder's config.json describes, built on the meta device (nothing
+    allocated): the class its `architectures` names, else a causal LM, else the base model;
+    None without transformers or for an architecture it does not know."""
     try:
         import torch
-        from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+        import transformers
+        from transformers import AutoConfig
     except ImportError:
         return None
     try:
         config = AutoConfig.from_pretrained(str(folder))
+        classes = [getattr(transformers, a, None) for a in (getattr(config, "architectures", None) or [])]
+        classes = [c for c in classes if c is not None] + [transformers.AutoModelForCausalLM, transformers.AutoModel]
         with torch.device("meta"):
-            try:
-                model = AutoModelForCausalLM.from_config(config)
-            except ValueError:
-                model = AutoModel.from_config(config)
-    except Exception:  # an unknown architecture: shapes stay unknown
+            for cls in classes:
+                try:
+                    return cls.from_config(config) if cls.__name__.startswith("Auto") else cls(config)
+                except ValueError:
+                    continue
+    except Exception:  # noqa: BLE001 - an unknown architecture: no model
         return None
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return None
+
+
+def model_shapes(folder) -> dict | None:
+    """name -> shape of the model the folder's config describes (transformers, meta device)."""
+    model = meta_model(folder)
+    return None if model is None else {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+# -- writing a folder, unpacking one ---------------------------------------------------------
+def _module_pattern(module: str) -> str:
+    """A pattern_dict key for a module: the name with layer numbers generalised."""
+    return r"\.".join(r"\d+" if part.isdigit() else re.escape(part) for part in module.split("."))
+
+
+def _compressible_modules(folder: Path) -> set[str] | None:
+    """Modules whose weight DFloat11's loader can take (nn.Linear / nn.Embedding, not tied to
+    another parameter), from the model the config describes; None without transformers."""
+    import torch
+
+    model = meta_model(folder)
+    if model is None:
+        return None
+    owners: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(p), []).append(name)
+    tied = {n for names in owners.values() if len(names) > 1 for n in names}
+    return {m for m, mod in model.named_modules()
+            if isinstance(mod, (torch.nn.Linear, torch.nn.Embedding)) and f"{m}.weight" not in tied}
+
+
+def write_folder(src, dst, overwrite: bool = False, progress=None) -> dict:
+    """Write a Hugging Face folder of bf16 safetensors in the DFloat11 project's layout:
+    every 2-D bf16 Linear/Embedding weight becomes one module's six buffers, the rest is
+    kept as it is; other files (tokenizer, generation config) are copied; config.json gets
+    `dfloat11_config`. The `dfloat11` package loads the result. Returns a summary."""
+    import shutil
+
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from .atomic import atomic_dir
+
+    src, dst = Path(src), Path(dst)
+    files = sorted(src.glob("*.safetensors"))
+    if not (src / "config.json").is_file() or not files:
+        raise FormatError(f"{src}: not a Hugging Face model folder (config.json and *.safetensors needed)")
+    config = json.loads((src / "config.json").read_text())
+    if isinstance(config, dict) and "dfloat11_config" in config:
+        raise BadParameterError(f"{src} is a DFloat11 checkpoint already")
+    allowed = _compressible_modules(src)
+    patterns: dict[str, list] = {}
+    summary = {"modules": 0, "bf16_bytes": 0, "compressed_bytes": 0, "kept_bytes": 0}
+    weight_map = {}
+    with atomic_dir(dst, overwrite) as tmp:
+        for f in files:
+            out = {}
+            try:
+                sf_context = safe_open(str(f), "pt")
+            except Exception as e:  # noqa: BLE001 - safetensors raises its own error type
+                raise FormatError(f"{f}: not a readable safetensors file ({e})") from None
+            with sf_context as sf:
+                for name in sf.keys():
+                    t = sf.get_tensor(name)
+                    module = name[: -len(".weight")] if name.endswith(".weight") else None
+                    if (module and t.dtype == torch.bfloat16 and t.dim() == 2 and t.numel()
+                            and (allowed is None or module in allowed)):
+                        try:
+                            bufs = encode_module([t])
+                        except UnsupportedDtypeError:  # inf/NaN or huge values: kept as they are
+                            bufs = None
+                        if bufs is not None:
+                            for k, v in bufs.items():
+                                out[f"{module}.{k}"] = v
+                            patterns[_module_pattern(module)] = []
+                            summary["modules"] += 1
+                            summary["bf16_bytes"] += t.numel() * 2
+                            summary["compressed_bytes"] += sum(v.numel() * v.element_size() for v in bufs.values())
+                            if progress:
+                                progress(t.numel() * 2)
+                            continue
+                    out[name] = t.contiguous()
+                    summary["kept_bytes"] += t.numel() * t.element_size()
+            save_file(out, str(tmp / f.name), metadata={"format": "pt"})
+            weight_map.update({k: f.name for k in out})
+        for other in src.iterdir():
+            if other.is_file() and other.suffix != ".safetensors" and other.name not in (
+                    "config.json", "model.safetensors.index.json"):
+                shutil.copy2(other, tmp / other.name)
+        if len(files) > 1:
+            (tmp / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map},
+                                                                        indent=2))
+        config["dfloat11_config"] = {"version": VERSION, "threads_per_block": [THREADS_PER_BLOCK],
+                                     "bytes_per_thread": BYTES_PER_THREAD, "pattern_dict": patterns}
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    return summary
+
+
+def unpack_folder(src, dst, overwrite: bool = False, threads: int = 0) -> dict:
+    """A DFloat11 folder back to a plain Hugging Face folder of bf16 safetensors (the
+    weights bit-exact; shapes from the model's config, through transformers)."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from .atomic import atomic_dir
+
+    src, dst = Path(src), Path(dst)
+    if config_of(src) is None:
+        raise FormatError(f"{src}: not a DFloat11 checkpoint (config.json has no dfloat11_config)")
+    shapes = model_shapes(src)
+    if shapes is None:
+        raise NzipError("unpacking a DFloat11 folder needs the model's shapes: install transformers "
+                        "(the layout stores weights flat)")
+    state = load_folder(src, shapes=shapes, threads=threads)
+    flat = [k for k, v in state.items() if v.dim() == 1 and len(shapes.get(k, ())) > 1]
+    if flat:
+        raise FormatError(f"{src}: no shape for {', '.join(flat[:3])}")
+    with atomic_dir(dst, overwrite) as tmp:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"),
+                  metadata={"format": "pt"})
+        for other in src.iterdir():
+            if other.is_file() and other.suffix != ".safetensors" and other.name not in (
+                    "config.json", "model.safetensors.index.json"):
+                shutil.copy2(other, tmp / other.name)
+        config = json.loads((src / "config.json").read_text())
+        config.pop("dfloat11_config", None)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    return {"tensors": len(state), "bytes": sum(v.numel() * v.element_size() for v in state.values())}
