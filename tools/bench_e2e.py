@@ -58,7 +58,11 @@ def run_variant(variant: str, folder: Path, out: Path) -> None:
     else:
         from dfloat11 import DFloat11Model
 
-        model = DFloat11Model.from_pretrained(str(folder) + "-dfloat11", device="cuda")
+        # given a model, the package only loads into it (its own builder imports a function
+        # newer transformers lack)
+        config = transformers.AutoConfig.from_pretrained(str(folder))
+        blank = transformers.LlamaForCausalLM(config).to(torch.bfloat16).eval()
+        model = DFloat11Model.from_pretrained(str(folder) + "-dfloat11", device="cuda", bfloat16_model=blank)
     load_s = time.perf_counter() - t0
     torch.cuda.synchronize()
     resident = torch.cuda.memory_allocated()
