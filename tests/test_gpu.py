@@ -339,6 +339,17 @@ def test_compressed_llama_on_the_gpu(tmp_path):
         assert bits_equal(model(ids).logits, want)
 
 
+def _blank_bf16(cls, config):
+    """A model built as transformers builds one for torch_dtype=bf16: weights in bf16, the
+    buffers it computes in fp32 (rotary frequencies) left in fp32."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        return cls(config).eval()
+    finally:
+        torch.set_default_dtype(default)
+
+
 def _df11():
     pytest.importorskip("cupy")
     return pytest.importorskip("dfloat11.dfloat11")
@@ -352,7 +363,7 @@ def test_dfloat11_package_loads_what_nzip_writes(tmp_path):
     df11.write_folder(folder, tmp_path / "df11")
     # the package builds its own model with an import newer transformers lack; given one, it
     # only loads into it
-    blank = transformers.LlamaForCausalLM(ref.config).to(torch.bfloat16).eval()
+    blank = _blank_bf16(transformers.LlamaForCausalLM, ref.config)
     theirs = df11_pkg.DFloat11Model.from_pretrained(str(tmp_path / "df11"), device="cuda", bfloat16_model=blank)
     ids = torch.randint(0, 1024, (2, 16), generator=torch.Generator().manual_seed(1)).cuda()
     with torch.no_grad():
@@ -405,7 +416,7 @@ def test_dfloat11_package_and_nzip_agree_on_minilm(minilm_path, tmp_path):
         want = ref(ids).last_hidden_state
     # nzip writes, the package loads (into a bf16 BertModel it is given)
     df11.write_folder(src, tmp_path / "ours")
-    blank = transformers.BertModel(config).to(torch.bfloat16).eval()
+    blank = _blank_bf16(transformers.BertModel, config)
     theirs = df11_pkg.DFloat11Model.from_pretrained(str(tmp_path / "ours"), device="cuda", bfloat16_model=blank)
     with torch.no_grad():
         assert bits_equal(theirs(ids).last_hidden_state, want)

@@ -61,7 +61,9 @@ def run_variant(variant: str, folder: Path, out: Path) -> None:
         # given a model, the package only loads into it (its own builder imports a function
         # newer transformers lack)
         config = transformers.AutoConfig.from_pretrained(str(folder))
-        blank = transformers.LlamaForCausalLM(config).to(torch.bfloat16).eval()
+        torch.set_default_dtype(torch.bfloat16)  # as transformers builds for torch_dtype=bf16
+        blank = transformers.LlamaForCausalLM(config).eval()
+        torch.set_default_dtype(torch.float32)
         model = DFloat11Model.from_pretrained(str(folder) + "-dfloat11", device="cuda", bfloat16_model=blank)
     load_s = time.perf_counter() - t0
     torch.cuda.synchronize()

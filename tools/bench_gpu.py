@@ -104,7 +104,8 @@ def df11_kernel(wheel_dir: str | None):
     return cp.RawModule(path=str(path)).get_function("decode")
 
 
-def bench_size(nbytes: int, kernel, reps: int) -> dict:
+def bench_size(nbytes: int, kernel, reps: int, tuning: tuple = (gpu.THREADS, None, gpu.SHARED_LUT_BITS, gpu.MIN_CTAS),
+               multi_bits: int = gpu.MULTI_BITS) -> dict:
     n = nbytes // 2
     g = torch.Generator(device="cuda").manual_seed(0)
     ref = (torch.randn(n, generator=g, device="cuda") * 0.02).bfloat16()
@@ -114,9 +115,9 @@ def bench_size(nbytes: int, kernel, reps: int) -> dict:
         frame = codecs.encode(host, "dfloat11", block=block)
         header, payload, _, _, _ = _parse_frame(frame)
         config = header["codec"]
-        resident = gpu.upload(payload, n, block, config["code_length_limit"], "cuda")
+        resident = gpu.upload(payload, n, block, config["code_length_limit"], "cuda", multi_bits)
         out = torch.empty(n, dtype=torch.bfloat16, device="cuda")
-        plan = gpu.Plan([resident], [out])
+        plan = gpu.Plan([resident], [out], *tuning)
         plan.run(check=True)
         assert torch.equal(out.view(torch.int16), ref.view(torch.int16)), "nzip GPU decode is not bit-exact"
         t = timed(lambda: plan.run(check=False), reps)
@@ -203,6 +204,8 @@ def main() -> None:
     ap.add_argument("--sizes-mib", default="1,2,4,8,16,32,64,128,256,512,1024,2048,4096")
     ap.add_argument("--df11-wheel-dir", default=None)
     ap.add_argument("--json", default="bench/results/gpu.json")
+    ap.add_argument("--tuning", default=None, metavar="THREADS,ROUND,MIN_CTAS,MULTI_BITS",
+                    help="kernel constants for the main table (default: the library's)")
     ap.add_argument("--sweep", action="store_true", help="compare the kernel's tuning constants instead")
     ap.add_argument("--readme", metavar="RESULTS_JSON",
                     help="only rewrite README.md's GPU table from a results file (needs no GPU)")
@@ -223,10 +226,14 @@ def main() -> None:
         return
     kernel = df11_kernel(args.df11_wheel_dir)
     results = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "python": platform.python_version(),
-               "timing": "CUDA graph of 10 launches, CUDA events, median", "copy_gbps": copy_bandwidth(), "rows": []}
+               "timing": "CUDA graph of 10 launches, CUDA events, median", "tuning": args.tuning, "copy_gbps": copy_bandwidth(), "rows": []}
     for mib in [float(s) for s in args.sizes_mib.split(",")]:
         reps = 50 if mib <= 64 else 20 if mib <= 512 else 5
-        row = bench_size(int(mib * MiB), kernel, reps)
+        if args.tuning:
+            t, r, m, k = (int(x) for x in args.tuning.split(","))
+            row = bench_size(int(mib * MiB), kernel, reps, (t, r, gpu.SHARED_LUT_BITS, m), k)
+        else:
+            row = bench_size(int(mib * MiB), kernel, reps)
         results["rows"].append(row)
         print(json.dumps(row), flush=True)
     print(table(results))
