@@ -7,7 +7,7 @@
 // Device image of one tensor (built by the host, nzip/kernels/dfloat11.py):
 //   lut      u16[1 << maxlen]  code length << 8 | exponent, indexed by the next maxlen
 //                              bits; 0 where no code starts with those bits
-//   multi    u64[1 << kbits]   kbits = min(maxlen, 12): the codes wholly inside the next
+//   multi    u64[1 << kbits]   kbits = min(maxlen, 11 by default): the codes wholly inside the next
 //                              kbits bits, up to four: their exponents in bytes 0-3, their
 //                              count in bits 32-34, the length of the first k of them in
 //                              bits 32 + 4k (k = 1..4); count 0 where the first code is
