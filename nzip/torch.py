@@ -222,8 +222,7 @@ def from_pretrained(folder, device=None, model_class=None, **compress) -> nn.Mod
             model.tie_weights()
     else:
         if model_class is None:
-            archs = [getattr(transformers, a, None) for a in (getattr(config, "architectures", None) or [])]
-            model_class = next((a for a in archs if a is not None), transformers.AutoModelForCausalLM)
+            model_class = dfloat11_checkpoint.model_classes(config)[0]
         model = model_class.from_pretrained(str(folder), torch_dtype=torch.bfloat16)
     model.eval()
     return compress_model(model, device=device, **compress)

@@ -224,6 +224,15 @@ def load_folder(folder, device=None, shapes: dict | None = None, threads: int = 
     return state
 
 
+def model_classes(config) -> list:
+    """transformers classes for a config, best first: those its `architectures` names, then
+    a causal LM, then the base model."""
+    import transformers
+
+    named = [getattr(transformers, a, None) for a in (getattr(config, "architectures", None) or [])]
+    return [c for c in named if c is not None] + [transformers.AutoModelForCausalLM, transformers.AutoModel]
+
+
 def meta_model(folder):
     """The model a folder's config.json describes, built on the meta device (nothing
     allocated): the class its `architectures` names, else a causal LM, else the base model;
@@ -236,8 +245,7 @@ def meta_model(folder):
         return None
     try:
         config = AutoConfig.from_pretrained(str(folder))
-        classes = [getattr(transformers, a, None) for a in (getattr(config, "architectures", None) or [])]
-        classes = [c for c in classes if c is not None] + [transformers.AutoModelForCausalLM, transformers.AutoModel]
+        classes = model_classes(config)
         with torch.device("meta"):
             for cls in classes:
                 try:
