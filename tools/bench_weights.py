@@ -8,7 +8,8 @@ does: per-tensor tables, frames with checksums, threads across tensors and chunk
 decodes them in one batch (codecs.decode_many), as nzip.load decodes a checkpoint. ZipNN and zstd get the whole
 model concatenated into one buffer (ZipNN's reference row, and the figures in nzip's issue
 tracker); "ZipNN per tensor" calls ZipNN once per tensor. Throughput is MB of original data
-per second, the best of several repetitions; ratios are against the ZipNN row at the same
+per second, the median of several repetitions taken in turns (every method once per
+round, so a slow spell of a shared machine hits all alike); ratios are against the ZipNN row at the same
 thread count. Results go to bench/results/weights.json; with
 --readme the table also replaces the one in README.md.
 """
@@ -78,27 +79,24 @@ def bounds(sd: dict[str, torch.Tensor]) -> dict[str, float]:
     return out
 
 
-def best_time(fn, reps: int) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+class Method:
+    """One way to compress a state dict: encode() -> packed, decode(packed) -> restored,
+    size(packed) in bytes, same(restored) -> bool. The runner times them in turns."""
+
+    def __init__(self, encode, decode, size, same):
+        self.encode, self.decode, self.size, self.same = encode, decode, size, same
 
 
-def bench_nzip(sd, codec, threads, reps):
+def nzip_method(sd, codec, threads) -> Method:
     """Each tensor encoded on its own (frames with checksums); decoded with decode_many, as
     nzip.load decodes a checkpoint: one batch, one allocation for the model."""
     tensors = list(sd.values())
-    nbytes = sum(t.numel() * t.element_size() for t in tensors)
-    enc_t, frames = best_time(lambda: pmap_balanced(lambda t, th: codecs.encode(t, nzip_codec_for(codec, t), threads=th),
-                                                    tensors, threads, cost=lambda t: t.numel()), reps)
-
-    dec_t, back = best_time(lambda: codecs.decode_many(frames, threads=threads), reps)
-    assert all(to_bytes(b)[0].tobytes() == to_bytes(t)[0].tobytes() for t, b in zip(tensors, back)), \
-        f"{codec}: round trip failed"
-    return sum(map(len, frames)) / nbytes, nbytes / enc_t / 1e6, nbytes / dec_t / 1e6
+    return Method(
+        encode=lambda: pmap_balanced(lambda t, th: codecs.encode(t, nzip_codec_for(codec, t), threads=th),
+                                     tensors, threads, cost=lambda t: t.numel()),
+        decode=lambda frames: codecs.decode_many(frames, threads=threads),
+        size=lambda frames: sum(map(len, frames)),
+        same=lambda back: all(to_bytes(b)[0].tobytes() == to_bytes(t)[0].tobytes() for t, b in zip(tensors, back)))
 
 
 def nzip_codec_for(codec: str, t: torch.Tensor) -> str:
@@ -110,78 +108,99 @@ def concat_bytes(sd) -> bytes:
     return b"".join(to_bytes(t)[0].tobytes() for t in sd.values())
 
 
-def bench_zipnn(sd, threads, reps):
+def zipnn_dtype(sd) -> str:
+    main = max(sd.values(), key=lambda t: t.numel()).dtype  # byte grouping follows the bulk of the data
+    return {torch.bfloat16: "bfloat16", torch.float32: "float32", torch.float16: "float16"}[main]
+
+
+def zipnn_method(sd, threads) -> Method:
     from zipnn import ZipNN
 
     data = concat_bytes(sd)
-    main = max(sd.values(), key=lambda t: t.numel()).dtype  # byte grouping follows the bulk of the data
-    dtype = {torch.bfloat16: "bfloat16", torch.float32: "float32", torch.float16: "float16"}[main]
-    z = ZipNN(bytearray_dtype=dtype, threads=threads, input_format="byte")
+    z = ZipNN(bytearray_dtype=zipnn_dtype(sd), threads=threads, input_format="byte")
     # ZipNN's compress() modifies its input buffer in place: give it a fresh copy each time
-    enc_t, packed = best_time(lambda: z.compress(bytearray(data)), reps)
-    dec_t, back = best_time(lambda: z.decompress(packed), reps)
-    assert bytes(back) == data, "zipnn: round trip failed"
-    return len(packed) / len(data), len(data) / enc_t / 1e6, len(data) / dec_t / 1e6
+    return Method(encode=lambda: z.compress(bytearray(data)), decode=z.decompress, size=len,
+                  same=lambda back: bytes(back) == data)
 
 
-def bench_zipnn_per_tensor(sd, threads, reps):
+def zipnn_per_tensor_method(sd, threads) -> Method:
     """ZipNN called once per tensor, as a checkpoint format would (threads across tensors)."""
     from zipnn import ZipNN
 
     bufs = [to_bytes(t)[0].tobytes() for t in sd.values()]
-    total = sum(map(len, bufs))
-    main = max(sd.values(), key=lambda t: t.numel()).dtype
-    dtype = {torch.bfloat16: "bfloat16", torch.float32: "float32", torch.float16: "float16"}[main]
-    make = lambda th: ZipNN(bytearray_dtype=dtype, threads=th, input_format="byte")  # noqa: E731
-    enc_t, packed = best_time(lambda: pmap_balanced(lambda b, th: make(th).compress(bytearray(b)), bufs, threads,
-                                                    cost=len), reps)
-    dec_t, back = best_time(lambda: pmap_balanced(lambda c, th: make(th).decompress(c), packed, threads, cost=len), reps)
-    assert all(bytes(b) == a for a, b in zip(bufs, back)), "zipnn: round trip failed"
-    return sum(map(len, packed)) / total, total / enc_t / 1e6, total / dec_t / 1e6
+    make = lambda th: ZipNN(bytearray_dtype=zipnn_dtype(sd), threads=th, input_format="byte")  # noqa: E731
+    return Method(
+        encode=lambda: pmap_balanced(lambda b, th: make(th).compress(bytearray(b)), bufs, threads, cost=len),
+        decode=lambda packed: pmap_balanced(lambda c, th: make(th).decompress(c), packed, threads, cost=len),
+        size=lambda packed: sum(map(len, packed)),
+        same=lambda back: all(bytes(b) == a for a, b in zip(bufs, back)))
 
 
-def bench_zstd(sd, threads, reps):
+def zstd_method(sd, threads) -> Method:
     import zstandard
 
     data = concat_bytes(sd)
     cctx = zstandard.ZstdCompressor(level=3, threads=threads if threads > 1 else 0)
-    enc_t, packed = best_time(lambda: cctx.compress(data), reps)
     dctx = zstandard.ZstdDecompressor()
-    dec_t, back = best_time(lambda: dctx.decompress(packed, max_output_size=len(data)), reps)
-    assert back == data
-    return len(packed) / len(data), len(data) / enc_t / 1e6, len(data) / dec_t / 1e6
+    return Method(encode=lambda: cctx.compress(data),
+                  decode=lambda packed: dctx.decompress(packed, max_output_size=len(data)),
+                  size=len, same=lambda back: back == data)
+
+
+def method_for(name: str, sd, threads: int) -> Method:
+    if name.startswith("nzip "):
+        return nzip_method(sd, name.split()[1], threads)
+    return {"ZipNN": zipnn_method, "ZipNN per tensor": zipnn_per_tensor_method, "zstd-3": zstd_method}[name](sd, threads)
+
+
+def time_in_turns(methods: dict[str, Method], reps: int) -> dict[str, tuple[float, float, int]]:
+    """{name: (median encode s, median decode s, size)}. The methods take turns, one
+    repetition each per round, so a slow spell of a shared machine hits them all alike;
+    the median, not the best, so that one lucky repetition does not decide."""
+    enc: dict[str, list] = {m: [] for m in methods}
+    dec: dict[str, list] = {m: [] for m in methods}
+    packed = {}
+    for _ in range(reps):
+        for name, m in methods.items():
+            t0 = time.perf_counter()
+            packed[name] = m.encode()
+            enc[name].append(time.perf_counter() - t0)
+    for _ in range(reps):
+        for name, m in methods.items():
+            t0 = time.perf_counter()
+            back = m.decode(packed[name])
+            dec[name].append(time.perf_counter() - t0)
+            del back
+    for name, m in methods.items():
+        assert m.same(m.decode(packed[name])), f"{name}: round trip failed"
+    return {name: (float(np.median(enc[name])), float(np.median(dec[name])), methods[name].size(packed[name]))
+            for name in methods}
 
 
 def run(quick: bool) -> dict:
-    reps = 2 if quick else 5
+    reps = 3 if quick else 9
     results = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                            "python": platform.python_version(), "torch": torch.__version__},
                "datasets": {}}
     for name, sd in datasets(quick).items():
+        nbytes = sum(t.numel() * t.element_size() for t in sd.values())
         is_bf16 = max(sd.values(), key=lambda t: t.numel()).dtype == torch.bfloat16
-        methods = (["nzip ans", "nzip planes"] + (["nzip dfloat11"] if is_bf16 else [])
-                   + ["nzip zstd", "ZipNN", "ZipNN per tensor", "zstd-3"])
+        names = (["nzip ans", "nzip planes"] + (["nzip dfloat11"] if is_bf16 else [])
+                 + ["nzip zstd", "ZipNN", "ZipNN per tensor", "zstd-3"])
         rows = []
         for threads in (1, 2):
-            for m in methods:
-                if m.startswith("nzip "):
-                    frac, enc, dec = bench_nzip(sd, m.split()[1], threads, reps)
-                elif m == "ZipNN":
-                    frac, enc, dec = bench_zipnn(sd, threads, reps)
-                elif m == "ZipNN per tensor":
-                    frac, enc, dec = bench_zipnn_per_tensor(sd, threads, reps)
-                else:
-                    frac, enc, dec = bench_zstd(sd, threads, reps)
+            timed = time_in_turns({m: method_for(m, sd, threads) for m in names}, reps)
+            for m, (enc_s, dec_s, size) in timed.items():
+                frac, enc, dec = size / nbytes, nbytes / enc_s / 1e6, nbytes / dec_s / 1e6
                 rows.append({"method": m, "threads": threads, "size_fraction": frac, "encode_MBps": enc, "decode_MBps": dec})
-                print(f"  {name:20s} {m:14s} T={threads} size {frac:.4f}  enc {enc:7.0f} MB/s  dec {dec:7.0f} MB/s",
+                print(f"  {name:20s} {m:16s} T={threads} size {frac:.4f}  enc {enc:7.0f} MB/s  dec {dec:7.0f} MB/s",
                       file=sys.stderr)
         for r in rows:
             peer = next(p for p in rows if p["method"] == "ZipNN" and p["threads"] == r["threads"])
             r["encode_vs_zipnn"] = r["encode_MBps"] / peer["encode_MBps"]
             r["decode_vs_zipnn"] = r["decode_MBps"] / peer["decode_MBps"]
             r["size_vs_zipnn"] = r["size_fraction"] / peer["size_fraction"]
-        results["datasets"][name] = {"bytes": sum(t.numel() * t.element_size() for t in sd.values()),
-                                     "bounds": bounds(sd), "rows": rows}
+        results["datasets"][name] = {"bytes": nbytes, "bounds": bounds(sd), "rows": rows}
     return results
 
 

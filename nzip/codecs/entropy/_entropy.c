@@ -951,6 +951,19 @@ static PyObject *ans_decode16(PyObject *self, PyObject *args) {
     return PyLong_FromLong(rc);
 }
 
+typedef struct {
+    t16 *ts;
+    Py_buffer *bufs;
+    Py_ssize_t *chunks;
+    int *Ps, *rots, *rcs;
+} t16_open_job;
+
+static void t16_open_run(void *arg, Py_ssize_t k) {
+    t16_open_job *j = arg;
+    j->rcs[k] = t16_open(&j->ts[k], j->bufs[2 * k].buf, j->bufs[2 * k].len, j->bufs[2 * k + 1].len / 2, j->chunks[k],
+                         j->Ps[k], j->rots[k], j->bufs[2 * k + 1].buf, NULL);
+}
+
 /* ans_decode16_batch([(payload, out, chunk, precision, rotate), ...], threads) -> [rc, ...]:
  * every chunk of every tensor in one pool of jobs */
 static PyObject *ans_decode16_batch(PyObject *self, PyObject *args) {
@@ -984,12 +997,13 @@ static PyObject *ans_decode16_batch(PyObject *self, PyObject *args) {
     if (ok) {
         int all = 0;
         Py_BEGIN_ALLOW_THREADS
+        /* parsing and table building are a fair share of a small model's time: threads too */
+        t16_open_job open = {ts, bufs, chunks, Ps, rots, rcs};
+        parallel_for(threads, m, t16_open_run, &open);
         Py_ssize_t live = 0;
         for (Py_ssize_t k = 0; k < m; k++) {
-            rcs[k] = t16_open(&ts[live], bufs[2 * k].buf, bufs[2 * k].len, bufs[2 * k + 1].len / 2, chunks[k], Ps[k],
-                              rots[k], bufs[2 * k + 1].buf, NULL);
-            if (rcs[k] == 0) live++;
-            else t16_close(&ts[live]);
+            if (rcs[k] == 0) ts[live++] = ts[k];
+            else t16_close(&ts[k]);
         }
         all = t16_decode_all(ts, live, threads);
         for (Py_ssize_t k = 0, q = 0; k < m; k++)
