@@ -2,10 +2,12 @@
 
     nzip pack model.safetensors            -> model.nz
     nzip unpack model.nz                   -> model.safetensors (byte for byte)
+    nzip pack MODEL_DIR                    -> MODEL_DIR.nz/ (every safetensors shard packed)
+    nzip unpack MODEL_DIR.nz               -> MODEL_DIR/ (every file byte for byte)
     nzip pack --format dfloat11 MODEL_DIR  -> MODEL_DIR-dfloat11/ (the DFloat11 project's layout)
     nzip unpack DF11_DIR                   -> DF11_DIR-bf16/ (plain bf16 safetensors)
     nzip info model.nz
-    nzip verify model.nz
+    nzip verify model.nz | MODEL_DIR.nz
 """
 
 from __future__ import annotations
@@ -48,8 +50,10 @@ def _codec_arg(value: str):
 
 def cmd_pack(args) -> None:
     src = Path(args.input)
-    if args.format == "dfloat11" or src.is_dir():
+    if args.format == "dfloat11":
         return _pack_dfloat11_folder(args, src)
+    if src.is_dir():
+        return _pack_folder(args, src)
     dst = Path(args.output) if args.output else src.with_suffix(".nz")
     if dst.resolve() == src.resolve():
         raise NzipError("output would overwrite the input")
@@ -60,13 +64,43 @@ def cmd_pack(args) -> None:
     _report(args, src, dst, time.perf_counter() - t0)
 
 
+def _pack_folder(args, src: Path) -> None:
+    from .formats import model_folder
+
+    dst = Path(args.output) if args.output else src.with_name(src.name + model_folder.PACKED_SUFFIX)
+    t0 = time.perf_counter()
+    total = sum(f.stat().st_size for f in src.rglob("*.safetensors"))
+    with _progress(args, total, f"pack {src.name}") as bar:
+        s = model_folder.pack_folder(src, dst, codec=_codec_arg(args.codec), threads=args.threads,
+                                     overwrite=args.force, progress=bar.update if bar else None)
+    ratio = f"{s['packed_bytes'] / s['safetensors_bytes']:.2%}" if s["safetensors_bytes"] else "n/a"
+    _say(args, f"{src} : {s['files']} files, safetensors to {ratio} ({s['safetensors_bytes']} => "
+               f"{s['packed_bytes']} bytes) -> {dst} in {time.perf_counter() - t0:.2f} s")
+
+
+def _unpack_folder(args, src: Path) -> None:
+    from .formats import model_folder
+
+    if args.output:
+        dst = Path(args.output)
+    elif src.name.endswith(model_folder.PACKED_SUFFIX):
+        dst = src.with_name(src.name[: -len(model_folder.PACKED_SUFFIX)])
+    else:
+        dst = src.with_name(src.name + "-unpacked")
+    t0 = time.perf_counter()
+    manifest = model_folder.read_manifest(src)
+    with _progress(args, sum(e["size"] for e in manifest["files"] if e["stored"] != e["path"]),
+                   f"unpack {src.name}") as bar:
+        s = model_folder.unpack_folder(src, dst, threads=args.threads, overwrite=args.force,
+                                       progress=bar.update if bar else None)
+    _say(args, f"{src} : {s['files']} files, {s['bytes']} bytes -> {dst} in {time.perf_counter() - t0:.2f} s")
+
+
 def _pack_dfloat11_folder(args, src: Path) -> None:
     from .formats import dfloat11_checkpoint
 
     if not src.is_dir():
         raise NzipError(f"--format dfloat11 packs a Hugging Face model folder; {src} is not a folder")
-    if args.format != "dfloat11":
-        raise NzipError(f"{src} is a folder: pack it with --format dfloat11 (the DFloat11 project's layout)")
     dst = Path(args.output) if args.output else src.with_name(src.name + "-dfloat11")
     t0 = time.perf_counter()
     total = sum(f.stat().st_size for f in src.glob("*.safetensors"))
@@ -89,10 +123,13 @@ def _unpack_dfloat11_folder(args, src: Path) -> None:
 def cmd_unpack(args) -> None:
     src = Path(args.input)
     if src.is_dir():
-        from .formats import dfloat11_checkpoint
+        from .formats import dfloat11_checkpoint, model_folder
 
+        if model_folder.is_packed(src):
+            return _unpack_folder(args, src)
         if dfloat11_checkpoint.config_of(src) is None:
-            raise NzipError(f"{src} is a folder but no DFloat11 checkpoint (config.json has no dfloat11_config)")
+            raise NzipError(f"{src} is a folder but neither a packed folder (no {model_folder.MANIFEST}) "
+                            "nor a DFloat11 checkpoint (config.json has no dfloat11_config)")
         return _unpack_dfloat11_folder(args, src)
     with container.Container(src) as box:
         if args.output:
@@ -127,8 +164,9 @@ def cmd_info(args) -> None:
             dtype, _, count = check_shape(e["dtype"], e["shape"])
             raw = count * dtype.itemsize
             raw_total += raw
-            packed_total += e["size"]
-            rows.append((name, e["dtype"], "x".join(map(str, e["shape"])) or "scalar", e["codec"]["id"], raw, e["size"]))
+            packed_total += e.get("size", 0)
+            codec = "ref" if "ref" in e else e["codec"]["id"]  # a reference into the base checkpoint
+            rows.append((name, e["dtype"], "x".join(map(str, e["shape"])) or "scalar", codec, raw, e.get("size", 0)))
         if args.json:
             print(json.dumps({"tensors": len(rows), "raw_bytes": raw_total, "packed_bytes": packed_total,
                               "file_bytes": box.path.stat().st_size, "metadata": box.metadata(),
@@ -147,6 +185,13 @@ def cmd_info(args) -> None:
 
 def cmd_verify(args) -> None:
     t0 = time.perf_counter()
+    if Path(args.input).is_dir():
+        from .formats import model_folder
+
+        n = model_folder.verify_folder(args.input, threads=args.threads)
+        _say(args, f"{args.input}: OK ({n} files, every checksum and decode verified) "
+                   f"in {time.perf_counter() - t0:.2f} s")
+        return
     with container.Container(args.input) as box:
         box.verify(threads=args.threads)
         _say(args, f"{args.input}: OK ({len(box)} tensors, every checksum and decode verified) "
@@ -166,19 +211,19 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("-q", "--quiet", action="store_true", help="no progress and no summary")
         sp.add_argument("-v", "--verbose", action="store_true", help="print a traceback on error")
 
-    sp = sub.add_parser("pack", help="compress a .safetensors file into .nz, or a model folder into the "
-                                     "DFloat11 layout (lossless)")
+    sp = sub.add_parser("pack", help="compress a .safetensors file into .nz, a model folder into "
+                                     "MODEL_DIR.nz/, or a model folder into the DFloat11 layout (lossless)")
     sp.add_argument("input")
     sp.add_argument("--format", choices=("nz", "dfloat11"), default="nz",
-                    help="nz (default): nzip's container; dfloat11: a Hugging Face folder in the DFloat11 "
+                    help="nz (default): nzip's containers; dfloat11: a Hugging Face folder in the DFloat11 "
                          "project's layout, loadable by the dfloat11 package")
     sp.add_argument("--codec", default="auto",
                     help=f"auto (per tensor, default) or one of: {', '.join(available())}; or a JSON config")
     common(sp)
     sp.set_defaults(func=cmd_pack)
 
-    sp = sub.add_parser("unpack", help="restore the original file from .nz, byte for byte; a DFloat11 "
-                                       "folder to plain bf16 safetensors")
+    sp = sub.add_parser("unpack", help="restore the original file (or folder) from .nz, byte for byte; "
+                                       "a DFloat11 folder to plain bf16 safetensors")
     sp.add_argument("input")
     common(sp)
     sp.set_defaults(func=cmd_unpack)

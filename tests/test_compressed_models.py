@@ -197,8 +197,8 @@ def test_folder_errors(llama_folder, tmp_path):
         df11.write_folder(llama_folder, packed)
     with pytest.raises(BadParameterError, match="DFloat11 checkpoint already"):
         df11.write_folder(packed, tmp_path / "twice")
-    assert cli(["pack", str(llama_folder), "-q"]) == 1  # a folder needs --format dfloat11
-    assert cli(["unpack", str(llama_folder), "-q"]) == 1  # no DFloat11 checkpoint
+    assert cli(["pack", "--format", "dfloat11", str(llama_folder / "config.json"), "-q"]) == 1  # not a folder
+    assert cli(["unpack", str(llama_folder), "-q"]) == 1  # neither packed nor a DFloat11 checkpoint
     # a failed write leaves no folder behind
     before = set(tmp_path.iterdir())
     (llama_folder / "model.safetensors").write_bytes(b"\0" * 64)

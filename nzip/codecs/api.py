@@ -9,7 +9,7 @@ import numpy as np
 from ..dtypes import DType, dtype_from_name, from_bytes, is_torch, to_bytes
 from ..errors import BadParameterError, CorruptDataError, FormatError, NzipError
 from ..formats import frame as frame_format
-from ..formats.checksum import xxh3
+from ..formats.checksum import raw_hash_matches, xxh3
 from ..parallel import pmap
 from .registry import Codec, get, resolve_threads
 from .scratch import fresh_buffers
@@ -83,7 +83,7 @@ def decode_raw(codec: Codec, payload, dtype: DType, count: int, threads: int, ra
 
 def check_raw_hash(raw: np.ndarray, raw_hash: str | None, codec: Codec) -> None:
     """The decoded bytes are the original's (its checksum was taken at encode time)."""
-    if raw_hash is not None and f"{xxh3(raw):016x}" != raw_hash:
+    if raw_hash is not None and not raw_hash_matches(raw, raw_hash):
         raise CorruptDataError(f"{codec.codec_id}: decoded bytes do not match the checksum of the original")
 
 

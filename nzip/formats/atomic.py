@@ -22,7 +22,7 @@ def atomic_write(path: str | os.PathLike, overwrite: bool = False):
         raise NzipError(f"{path} already exists (use -f / overwrite=True to replace it)")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(fd, "w+b") as f:  # readable too: container.write may move its data
             yield f
             f.flush()
             os.fsync(f.fileno())
