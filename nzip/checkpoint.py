@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from .dtypes import to_bytes
+from .dtypes import from_bytes, to_bytes
 from .errors import NzipError
 from .formats import container, tree
 
@@ -51,13 +51,20 @@ def load(path: str | os.PathLike, device=None, keys=None, framework: str = "torc
         layout = box.tree()
     if keys is not None or layout is None:
         return tensors
-    return tree.unflatten(layout, tensors)
+    return tree.unflatten(layout, tensors, as_array=_as_array if framework == "torch" else lambda a: a)
+
+
+def _as_array(t):
+    """A loaded torch tensor as the numpy array it was saved from (bf16 and fp8, which numpy
+    lacks, as same-width unsigned integers, as nzip.decode gives them)."""
+    raw, dtype, shape, _ = to_bytes(t)
+    return from_bytes(raw, dtype, shape, "numpy")
 
 
 def _load_folder(path: Path, device, keys, threads: int) -> dict:
     from .formats import dfloat11_checkpoint, model_folder
 
-    if model_folder.is_packed(path):
+    if model_folder.is_packed(path) or any(path.glob("*.nz")):  # (no manifest: read_manifest says so)
         return model_folder.load_state_dict(path, device=device, keys=keys, threads=threads)
     if dfloat11_checkpoint.config_of(path) is not None:
         state = dfloat11_checkpoint.load_folder(path, device=device, threads=threads)

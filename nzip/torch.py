@@ -9,8 +9,9 @@ one block's weights, and outputs are bit-identical to the uncompressed model (th
 are). For inference: a backward pass would read weights the next block has overwritten, so
 compress_model refuses models in training mode and the hooks refuse to run with grad on.
 
-`from_pretrained(folder)` loads a Hugging Face model (a plain folder or a DFloat11
-checkpoint) and compresses it in one call.
+`from_pretrained(folder)` loads a Hugging Face model (a plain folder, a packed folder or a
+DFloat11 checkpoint) and compresses it in one call. `load_model(folder)` loads a packed
+folder (`nzip pack MODEL_DIR`) as an ordinary model, weights decoded, in one call.
 """
 
 from __future__ import annotations
@@ -186,40 +187,79 @@ def _no_init():
     return contextlib.nullcontext()
 
 
-def from_pretrained(folder, device=None, model_class=None, **compress) -> nn.Module:
-    """A Hugging Face model from `folder` (plain bf16/fp32 safetensors, or a DFloat11
-    checkpoint, read by nzip), in bf16, eval mode, with its weights compressed on `device`:
-    one call. model_class: a transformers class (default: the config's architecture)."""
-    import transformers
-
+def _build(folder, config, model_class, dtype: torch.dtype) -> nn.Module:
+    """An empty model of the config's class with parameters in `dtype` (buffers the model
+    computes in fp32, like rotary frequencies, stay fp32: as transformers builds it)."""
     from .formats import dfloat11_checkpoint
 
+    if model_class is None:
+        model = dfloat11_checkpoint.meta_model(folder)
+        if model is None:
+            raise NzipError(f"{folder}: transformers does not know this architecture")
+        model_class = type(model)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with _no_init():
+            return model_class.from_config(config) if model_class.__name__.startswith("Auto") else model_class(config)
+    finally:
+        torch.set_default_dtype(default)
+
+
+def _fill(model: nn.Module, state: dict, folder) -> nn.Module:
+    """Load every parameter from `state` (buffers only where the model has them)."""
+    buffers = dict(model.named_buffers())  # older checkpoints carry some (position ids)
+    own = model.state_dict()
+    missing, unexpected = model.load_state_dict({k: v for k, v in state.items() if k not in buffers or k in own},
+                                                strict=False)
+    if unexpected or [k for k in missing if k in dict(model.named_parameters())]:
+        raise NzipError(f"{folder}: the checkpoint does not fit {type(model).__name__} "
+                        f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    return model.eval()
+
+
+def load_model(folder, model_class=None, dtype: torch.dtype | None = None, threads: int = 0) -> nn.Module:
+    """A Hugging Face model from a packed folder (`nzip pack MODEL_DIR`), in one call: the
+    config's class (or model_class), weights decoded by nzip, in their stored dtype unless
+    `dtype` is given, eval mode. Like transformers' from_pretrained for a plain folder."""
+    import transformers
+
+    from . import checkpoint
+
     config = transformers.AutoConfig.from_pretrained(str(folder))
-    if dfloat11_checkpoint.config_of(folder) is not None:
-        if model_class is None:
-            model = dfloat11_checkpoint.meta_model(folder)
-            if model is None:
-                raise NzipError(f"{folder}: transformers does not know this architecture")
-            model_class = type(model)
-        # built as transformers builds it for torch_dtype=bf16: parameters in bf16, buffers the
-        # model computes in fp32 (rotary frequencies) left in fp32; every weight comes next
-        default = torch.get_default_dtype()
-        torch.set_default_dtype(torch.bfloat16)
-        try:
-            with _no_init():
-                model = model_class.from_config(config) if model_class.__name__.startswith("Auto") else \
-                    model_class(config)
-        finally:
-            torch.set_default_dtype(default)
+    state = checkpoint.load(folder, threads=threads)
+    if dtype is None:  # the dtype most of the weights are stored in
+        weights = _dtype_weights(state)
+        dtype = weights.most_common(1)[0][0] if weights else torch.float32
+    model = _build(folder, config, model_class, dtype)
+    return _fill(model, {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}, folder)
+
+
+def _dtype_weights(state: dict) -> Counter:
+    weights: Counter = Counter()
+    for t in state.values():
+        if t.is_floating_point():
+            weights[t.dtype] += t.numel()
+    return weights
+
+
+def from_pretrained(folder, device=None, model_class=None, **compress) -> nn.Module:
+    """A Hugging Face model from `folder` (plain bf16/fp32 safetensors, a packed folder or a
+    DFloat11 checkpoint, read by nzip), in bf16, eval mode, with its weights compressed on
+    `device`: one call. model_class: a transformers class (default: the config's architecture)."""
+    import transformers
+
+    from .formats import dfloat11_checkpoint, model_folder
+
+    config = transformers.AutoConfig.from_pretrained(str(folder))
+    if model_folder.is_packed(folder):
+        model = load_model(folder, model_class, dtype=torch.bfloat16)
+    elif dfloat11_checkpoint.config_of(folder) is not None:
+        model = _build(folder, config, model_class, torch.bfloat16)
         state = dfloat11_checkpoint.load_folder(folder, shapes={k: tuple(v.shape) for k, v in model.state_dict().items()})
-        buffers = dict(model.named_buffers())  # older checkpoints carry some (position ids)
-        missing, unexpected = model.load_state_dict({k: v for k, v in state.items() if k not in buffers or
-                                                     k in model.state_dict()}, strict=False)
-        if unexpected or [k for k in missing if k in dict(model.named_parameters())]:
-            raise NzipError(f"{folder}: the checkpoint does not fit {model_class.__name__} "
-                            f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-        if hasattr(model, "tie_weights"):
-            model.tie_weights()
+        model = _fill(model, state, folder)
     else:
         if model_class is None:
             model_class = dfloat11_checkpoint.model_classes(config)[0]

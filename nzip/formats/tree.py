@@ -4,7 +4,8 @@ A training checkpoint is rarely flat: {"model": {...}, "optimizer": {"state": {0
 "param_groups": [...]}, "step": 1200}. flatten() gives every tensor a flat name (its path
 joined by dots) and describes the rest as JSON:
 
-    {"tensor": flat name}            a tensor or numpy array
+    {"tensor": flat name}            a torch tensor
+    {"array": flat name}             a numpy array (comes back as one)
     {"value": v}                     int, float, bool, str or None
     {"dict": [[key, node], ...]}     keys str or int, order kept
     {"list": [node, ...]}, {"tuple": [node, ...]}
@@ -50,7 +51,7 @@ def flatten(state: Mapping[str, Any]) -> tuple[dict[str, Any], dict | None]:
         if is_tensor(obj):
             name = name_for(path)
             tensors[name] = obj
-            return {"tensor": name}
+            return {"array" if isinstance(obj, np.ndarray) else "tensor": name}
         if isinstance(obj, SCALARS):
             return {"value": obj}
         if isinstance(obj, Mapping):
@@ -69,17 +70,18 @@ def flatten(state: Mapping[str, Any]) -> tuple[dict[str, Any], dict | None]:
     return tensors, walk(state, [], 0)
 
 
-def unflatten(tree: dict, tensors: Mapping[str, Any]) -> Any:
-    """Rebuild the nested object; a malformed tree is a FormatError."""
+def unflatten(tree: dict, tensors: Mapping[str, Any], as_array=lambda t: t) -> Any:
+    """Rebuild the nested object (as_array turns a loaded tensor into the numpy array it
+    was saved from); a malformed tree is a FormatError."""
 
     def build(node, depth: int):
         if depth > MAX_DEPTH or not isinstance(node, dict) or len(node) != 1:
             raise FormatError("malformed state dict tree in the container header")
         (kind, body), = node.items()
-        if kind == "tensor":
-            if body not in tensors:
+        if kind in ("tensor", "array"):
+            if not isinstance(body, str) or body not in tensors:
                 raise FormatError(f"state dict tree names a missing tensor {body!r}")
-            return tensors[body]
+            return tensors[body] if kind == "tensor" else as_array(tensors[body])
         if kind == "value":
             if not isinstance(body, SCALARS):
                 raise FormatError("malformed value in the state dict tree")
