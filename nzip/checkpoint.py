@@ -29,6 +29,7 @@ def save(state_dict: Mapping[str, Any], path: str | os.PathLike, codec="auto", t
     whose bytes are unchanged since then are stored as references to it (check with
     `nzip verify`; the base must stay where it is)."""
     tensors, layout = tree.flatten(state_dict)
+    room = container.room_for(((n, tuple(t.shape)) for n, t in tensors.items()), layout, dict(metadata or {}))
 
     def items():
         for name, value in tensors.items():
@@ -36,7 +37,7 @@ def save(state_dict: Mapping[str, Any], path: str | os.PathLike, codec="auto", t
             yield container.Item(name, raw, dtype, shape, codec)
 
     return container.write(path, items(), metadata=dict(metadata or {}), threads=threads, overwrite=overwrite,
-                           tree=layout, base=base, expected_items=len(tensors))
+                           tree=layout, base=base, header_room=room)
 
 
 def load(path: str | os.PathLike, device=None, keys=None, framework: str = "torch", threads: int = 0):

@@ -105,7 +105,8 @@ class NzipStorageWriter(StorageWriter):
                                            storage_data={"file": name, "key": key}))
                 yield container.Item(key, raw, dtype, shape, codec)
 
-        container.write(self.path / name, items(), threads=self.threads, expected_items=len(plan.items),
+        room = container.room_for((_key(it.index), (0,) * 8) for it in plan.items)
+        container.write(self.path / name, items(), threads=self.threads, header_room=room,
                         metadata={"dcp_save_id": self.save_id})
         return _done(results)
 

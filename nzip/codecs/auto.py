@@ -6,7 +6,8 @@ mantissa's high byte better); integers and bools usually hold runs and patterns,
 zstd finds; tiny tensors are not worth a table.
 
 Where a dtype has several candidates (bf16: ans, planes, dfloat11; fp16 and fp8: ans,
-planes) and the tensor is large, a sample of it (1/32 of its elements in four evenly
+planes; fp32/fp64: planes with chunks of 256K or of 64K elements, which pays off on
+embedding tables whose rows differ) and the tensor is large, a sample of it (1/32 of its elements in four evenly
 spaced windows, at least 32K elements) is encoded with each and the smallest wins; small
 tensors take the first candidate without sampling. Lossy codecs are never candidates.
 """
@@ -24,16 +25,16 @@ SAMPLE_SHARE = 32
 WINDOWS = 4
 
 
-def candidates(dtype: DType, nbytes: int) -> list[str]:
-    """The codecs worth trying for this dtype, the usual winner first."""
+def candidates(dtype: DType, nbytes: int) -> list:
+    """The codecs (names or configs) worth trying for this dtype, the usual winner first."""
     if nbytes < TINY_BYTES:
         return ["raw"]
     if dtype.name == "bfloat16":
         return ["ans", "planes", "dfloat11"]
     if dtype.kind == "f" and dtype.itemsize <= 2:
         return ["ans", "planes"]
-    if dtype.kind in "fc":
-        return ["planes"]
+    if dtype.kind in "fc":  # smaller chunks follow tables whose rows differ (embeddings)
+        return ["planes", {"id": "planes", "chunk": 1 << 16}]
     return ["zstd"]
 
 

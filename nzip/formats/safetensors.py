@@ -119,8 +119,9 @@ def pack(src, dst, codec="auto", threads: int = 0, overwrite: bool = False, prog
                     yield container.Item(e.name, raw, dtype, tuple(e.shape), resolve(codec, dtype, raw.size),
                                          {"source_offset": e.begin})
 
-            return container.write(dst, items(), metadata=layout.metadata, source=source,
-                                   threads=threads, overwrite=overwrite, progress=progress)
+            room = container.room_for(((e.name, tuple(e.shape)) for e in layout.entries), layout.metadata)
+            return container.write(dst, items(), metadata=layout.metadata, source=source, threads=threads,
+                                   overwrite=overwrite, progress=progress, header_room=room)
         finally:
             view = None  # release the map's export before closing it
             if isinstance(mm, mmap.mmap):
