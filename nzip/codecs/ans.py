@@ -137,6 +137,21 @@ class Ans(Codec):
         if wide:
             super().decode_payloads(wide, threads)
 
+    def to_device(self, payload, dtype, count, device):
+        """16-bit payloads decode on a GPU (nzip/kernels/ans.py); others on the CPU."""
+        import torch
+
+        if torch.device(device).type != "cuda" or word_size(dtype) != 2 or dtype.kind == "c":
+            return None
+        from ..kernels import ans as gpu
+
+        return gpu.upload(payload, count, self.chunk, self.precision, dtype, device)
+
+    def decode_on_device(self, resident_list, outs=None, check=True):
+        from ..kernels import ans as gpu
+
+        return gpu.decode_batch(resident_list, outs, check)
+
     def _decode_plane(self, method: int, body: memoryview, out: np.ndarray, threads: int) -> None:
         n = out.size
         if method == RAW:
