@@ -1,8 +1,9 @@
 """GPU decoding of 16-bit `ans` payloads (nzip/kernels/ans.py, ans_decode.cu).
 
 On the CPU: the device image of a payload, decoded by a step-by-step model of the kernel's
-warps (32 symbols per step, words found by ballot and prefix popcount), gives the CPU
-decoder's bits. With CUDA (the device machine): the kernel itself, on every case.
+warps (32 symbols per step, words found by ballot and prefix popcount; one plane after the
+other, which gives the same states as the kernel's interleaving of the two independent
+streams), gives the CPU decoder's bits. With CUDA (the device machine): the kernel itself, on every case.
 """
 
 import numpy as np
@@ -174,8 +175,9 @@ def test_gpu_ans_batch_and_corruption():
     assert all(same_bits(o.cpu(), t) for o, t in zip(outs, ts))
     # a flipped bit inside a stream: the kernel's end checks catch it
     codec, body, dtype, count = payload(ts[-1], {"chunk": 1 << 14})
+    _, planes, _ = gpu.host_image(body, count, codec.chunk, codec.precision)
     bad = bytearray(body)
-    bad[len(bad) // 2] ^= 0x40
+    bad[planes[0].offsets[1] + planes[0].sizes[1] // 2] ^= 0x40  # inside chunk 1's exponent stream
     resident = gpu.upload(memoryview(bytes(bad)), count, codec.chunk, codec.precision, dtype, "cuda")
     with pytest.raises(CorruptDataError):
         gpu.decode_batch([resident])

@@ -75,9 +75,9 @@ def table(results: dict) -> str:
     for r in results["rows"]:
         for chunk in CHUNKS:
             a = r[f"ans_c{chunk}"]
+            ratio = a["gpu_gbps"] / a["cpu_then_copy_gbps"]
             lines.append(f"| {r['mib']:g} MiB | {chunk // 1024}K | {a['size_fraction']:.4f} | {a['chunks']} | "
-                         f"{a['gpu_gbps']:.0f} | {a['cpu_then_copy_gbps']:.1f} | "
-                         f"{a['gpu_gbps'] / a['cpu_then_copy_gbps']:.0f}x |")
+                         f"{a['gpu_gbps']:.3g} | {a['cpu_then_copy_gbps']:.1f} | {ratio:.2g}x |")
         d = r["dfloat11_b256"]
         lines.append(f"| {r['mib']:g} MiB | dfloat11 b256 | {d['size_fraction']:.4f} | | {d['gpu_gbps']:.0f} | | |")
     return "\n".join(lines)

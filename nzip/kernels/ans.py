@@ -5,11 +5,13 @@ on the host once and laid out for the GPU as one uint8 buffer (the payload's byt
 the decode tables, then the exponent -> context map); `decode_batch` decodes any number of
 such tensors in one launch.
 
-Parallelism is one warp per chunk, so the chunk size picks it: the CPU default (1M
+A warp decodes both planes of its chunk in one pass (the exponent it decodes picks the
+low byte's context at once). Parallelism is one warp per chunk, so the chunk size picks it: the CPU default (1M
 elements) gives a 256 MiB bf16 tensor 128 warps, far too few for a large GPU; encode
 weights meant for the GPU with `chunk=1 << 16` (or smaller), as tools/bench_gpu.py --ans
-measures. Lane counts above 32 must be multiples of 32 (auto lanes always are); payloads
-with others decode on the CPU (to_device returns None).
+measures. Lane counts above 32 must be multiples of 32 and both coded planes must have the
+same (nzip's encoder always does so with auto lanes); other payloads decode on the CPU
+(to_device returns None).
 """
 
 from __future__ import annotations
@@ -135,6 +137,8 @@ def host_image(payload, count: int, chunk: int, precision: int) -> tuple[np.ndar
             return None
         planes.append(plane)
     r.done()
+    if planes[0].method and planes[1].method and planes[0].lanes != planes[1].lanes:
+        return None  # the kernel steps both planes together
     table_words = np.concatenate(tables) if tables else np.zeros(0, np.uint32)
     image = np.zeros(head + 4 * table_words.size + 256, np.uint8)
     image[: len(payload)] = np.frombuffer(payload, np.uint8)

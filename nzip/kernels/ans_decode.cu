@@ -3,13 +3,13 @@
 // A chunk of an `ans` payload has one rANS stream per byte plane, each with L interleaved
 // states (lanes) that share one stream of 16-bit words, consumed in symbol order: symbol i
 // belongs to state i % L, and a state that falls under RANS_L takes the next word. A warp
-// decodes 32 consecutive symbols at a time (L a multiple of 32: thread t owns states t,
-// t + 32, ...; L < 32: L threads work), and finds where each renormalising thread's word
-// is with a ballot and a prefix popcount: the order of the CPU decoder, so the same bits.
-//
-// Pass 1 decodes the exponent plane (the high byte after the rotation) into the high byte
-// of each output element; pass 2 decodes the low plane, in context of that byte when the
-// payload says so, joins both and rotates the element back. Raw planes are read as they are.
+// decodes 32 consecutive symbols of both planes per step (L < 32: L symbols): thread t
+// owns states t, t + 32, ... of each plane, the exponent it decodes picks the context of
+// the low byte it decodes next (no trip through memory), and the element is joined,
+// rotated back and written once. Each thread holds the word `t` places ahead in each
+// stream; a renormalising thread takes the word of its rank among the renormalising
+// threads (ballot, prefix popcount, shuffle): the CPU decoder's order, so the same bits.
+// Raw planes are read as they are.
 //
 // Job row (int64 each), one per chunk:
 //   0 out (u16*)  1 n (elements in the chunk)  2 rotate
@@ -17,85 +17,115 @@
 //   plane 1: 8 method  9 data  10 bytes  11 lanes  12 tables (u32*, contexts one after another)
 //   13 context ids (u8[256]: table index of each exponent value; null without contexts)
 //   14 precision
-// status[0] is set to 1 when a stream does not decode to exactly its bytes.
+// Both coded planes of a chunk have the same lane count (the host checks). status[0] is
+// set to 1 when a stream does not decode to exactly its bytes.
 
 #define RANS_L (1u << 15)
 #define JOB_FIELDS 15
+#define FULL 0xffffffffu
+#ifndef WARPS
 #define WARPS 4
+#endif
 
-typedef unsigned long long u64;
 typedef long long i64;
 
+struct Stream {
+    const unsigned char *w;  // the words (little-endian u16, any alignment)
+    i64 nwords, pos;
+    unsigned next;           // word pos + t, prefetched
+};
+
+__device__ __forceinline__ unsigned word_at(const Stream &s, i64 k) {
+    return k < s.nwords ? (unsigned)s.w[2 * k] | ((unsigned)s.w[2 * k + 1] << 8) : 0u;
+}
+
+// One step of one plane: decode the symbol of state x (if live), renormalise from the
+// shared word stream. Returns the symbol.
+__device__ __forceinline__ unsigned step(unsigned &x, const unsigned *__restrict__ tab, unsigned off, int P,
+                                         bool live, Stream &s, int t, int &bad) {
+    const unsigned e = live ? __ldg(tab + off + (x & ((1u << P) - 1))) : 0u;
+    unsigned v = (((e >> 8) & 0xfff) + 1) * (x >> P) + (e >> 20);
+    const bool need = live && v < RANS_L;
+    const unsigned ballot = __ballot_sync(FULL, need);
+    const int rank = __popc(ballot & ((1u << t) - 1));
+    const unsigned word = __shfl_sync(FULL, s.next, rank & 31);
+    if (need) {
+        bad |= s.pos + rank >= s.nwords;
+        v = (v << 16) | word;
+    }
+    if (live) x = v;
+    s.pos += __popc(ballot);
+    s.next = word_at(s, s.pos + t);
+    return e & 0xff;
+}
+
 struct Plane {
-    int method;
+    int method;  // 0 raw, 1 rANS, 2 rANS with contexts
     const unsigned char *data;
     i64 bytes;
-    int lanes;
     const unsigned *tab;
 };
 
-// Decode one plane of one chunk. pass 0 writes the symbol as the element's high byte;
-// pass 1 joins it, as the low byte, with the high byte already there. Returns 0 or 1 (corrupt).
-template <int PASS>
-__device__ int decode_plane(const Plane &p, unsigned short *out, i64 n, int rotate, int P,
-                            const unsigned char *ctx_id) {
-    const int t = threadIdx.x & 31;
-    const int L = p.lanes;
-    const unsigned mask = (1u << P) - 1;
-    if (L < 1 || L > 128 || (L > 32 && (L & 31)) || p.bytes < 4 * L) return 1;
-    const int group = L < 32 ? L : 32;  // symbols per step
-    const int per = L < 32 ? 1 : L / 32; // states per thread
-    unsigned x[4];
-    int bad = 0;
-    for (int s = 0; s < per; s++) {
-        int j = s * 32 + t;
-        x[s] = RANS_L;
-        if (j < L) {
+// Start a coded plane's stream: states from its head, the first words prefetched.
+template <int PER>
+__device__ __forceinline__ void open(const Plane &p, int L, unsigned (&x)[PER], Stream &s, int t, int &bad) {
+    #pragma unroll
+    for (int k = 0; k < PER; k++) {
+        const int j = k * 32 + t;
+        x[k] = RANS_L;
+        if (p.method && j < L) {
             const unsigned char *q = p.data + 4 * j;
-            x[s] = q[0] | (q[1] << 8) | (q[2] << 16) | ((unsigned)q[3] << 24);
-            bad |= x[s] < RANS_L || x[s] >= (1u << 31);
+            x[k] = q[0] | (q[1] << 8) | (q[2] << 16) | ((unsigned)q[3] << 24);
+            bad |= x[k] < RANS_L || x[k] >= (1u << 31);
         }
     }
-    const unsigned char *w = p.data + 4 * L;  // 16-bit words, little-endian, at any alignment
-    const i64 nwords = (p.bytes - 4 * L) / 2;
-    i64 wpos = 0;
-    unsigned char *bytes = (unsigned char *)out;
-    for (i64 i0 = 0; i0 < n; i0 += group) {
-        const int s = (int)((i0 % L) / 32);  // which of this thread's states (L >= 32)
-        const i64 i = i0 + t;
-        const bool live = t < group && i < n;
-        unsigned v = x[L < 32 ? 0 : s];
-        unsigned sym = 0, need = 0;
-        if (live) {
-            unsigned off = 0;
-            if (PASS == 1 && ctx_id) off = (unsigned)ctx_id[bytes[2 * i + 1]] << P;
-            unsigned e = __ldg(p.tab + off + (v & mask));
-            sym = e & 0xff;
-            v = (((e >> 8) & 0xfff) + 1) * (v >> P) + (e >> 20);
-            need = v < RANS_L;
-        }
-        unsigned ballot = __ballot_sync(0xffffffffu, need);
-        if (need) {
-            i64 k = wpos + __popc(ballot & ((1u << t) - 1));
-            if (k < nwords) v = (v << 16) | w[2 * k] | ((unsigned)w[2 * k + 1] << 8);
-            else bad = 1;
-        }
-        wpos += __popc(ballot);
-        if (live) {
-            x[L < 32 ? 0 : s] = v;
-            if (PASS == 0) {
-                bytes[2 * i + 1] = (unsigned char)sym;
-            } else {
-                unsigned e16 = ((unsigned)bytes[2 * i + 1] << 8) | sym;
+    s.w = p.data + 4 * L;
+    s.nwords = p.method ? (p.bytes - 4 * L) / 2 : 0;
+    s.pos = 0;
+    s.next = word_at(s, t);
+    if (p.method) bad |= p.bytes < 4 * L || (p.bytes - 4 * L) % 2;
+}
+
+template <int PER>
+__device__ __forceinline__ int finish(const Plane &p, int L, const unsigned (&x)[PER], const Stream &s, int t) {
+    int bad = 0;
+    if (!p.method) return 0;
+    #pragma unroll
+    for (int k = 0; k < PER; k++)
+        if (k * 32 + t < L) bad |= x[k] != RANS_L;
+    return bad | (s.pos != s.nwords);
+}
+
+// PER states per thread and plane: L = 32 * PER, or L < 32 with PER = 1 (G = L threads work).
+template <int PER>
+__device__ int decode_chunk(const Plane &hi, const Plane &lo, int L, unsigned short *__restrict__ out, i64 n,
+                            int rotate, int P, const unsigned char *__restrict__ ctx_id) {
+    const int t = threadIdx.x & 31;
+    const int G = L < 32 ? L : 32;
+    int bad = 0;
+    unsigned x0[PER], x1[PER];
+    Stream s0, s1;
+    open<PER>(hi, L, x0, s0, t, bad);
+    open<PER>(lo, L, x1, s1, t, bad);
+    for (i64 i0 = 0; i0 < n; i0 += (i64)G * PER) {
+        #pragma unroll
+        for (int k = 0; k < PER; k++) {
+            const i64 i = i0 + k * G + t;
+            const bool live = t < G && i < n;
+            unsigned h, l;
+            if (hi.method) h = step(x0[k], hi.tab, 0, P, live, s0, t, bad);
+            else h = live ? hi.data[i] : 0u;
+            if (lo.method) l = step(x1[k], lo.tab, ctx_id ? (unsigned)__ldg(ctx_id + h) << P : 0u, P, live, s1, t, bad);
+            else l = live ? lo.data[i] : 0u;
+            if (live) {
+                unsigned e16 = (h << 8) | l;
                 if (rotate) e16 = ((e16 >> 1) | (e16 << 15)) & 0xffff;
                 out[i] = (unsigned short)e16;
             }
         }
     }
-    for (int s = 0; s < per; s++)
-        if (s * 32 + t < L) bad |= x[s] != RANS_L;
-    bad |= wpos != nwords || (p.bytes - 4 * L) % 2;
-    return __any_sync(0xffffffffu, bad);
+    bad |= finish<PER>(hi, L, x0, s0, t) | finish<PER>(lo, L, x1, s1, t);
+    return __any_sync(FULL, bad);
 }
 
 extern "C" __global__ void __launch_bounds__(32 * WARPS)
@@ -105,28 +135,16 @@ ans16_decode(const i64 *__restrict__ jobs, i64 njobs, int *__restrict__ status) 
     const i64 *r = jobs + job * JOB_FIELDS;
     unsigned short *out = (unsigned short *)r[0];
     const i64 n = r[1];
-    const int rotate = (int)r[2];
-    const int P = (int)r[14];
-    const Plane hi = {(int)r[3], (const unsigned char *)r[4], r[5], (int)r[6], (const unsigned *)r[7]};
-    const Plane lo = {(int)r[8], (const unsigned char *)r[9], r[10], (int)r[11], (const unsigned *)r[12]};
-    const unsigned char *ctx_id = (const unsigned char *)r[13];
-    const int t = threadIdx.x & 31;
-    unsigned char *bytes = (unsigned char *)out;
-    int bad = 0;
-    if (hi.method == 0) {
-        for (i64 i = t; i < n; i += 32) bytes[2 * i + 1] = hi.data[i];
-    } else {
-        bad |= decode_plane<0>(hi, out, n, rotate, P, 0);
-    }
-    __syncwarp();
-    if (lo.method == 0) {
-        for (i64 i = t; i < n; i += 32) {
-            unsigned e16 = ((unsigned)bytes[2 * i + 1] << 8) | lo.data[i];
-            if (rotate) e16 = ((e16 >> 1) | (e16 << 15)) & 0xffff;
-            out[i] = (unsigned short)e16;
-        }
-    } else {
-        bad |= decode_plane<1>(lo, out, n, rotate, P, lo.method == 2 ? ctx_id : 0);
-    }
-    if (bad && t == 0) atomicExch(status, 1);
+    const int rotate = (int)r[2], P = (int)r[14];
+    const Plane hi = {(int)r[3], (const unsigned char *)r[4], r[5], (const unsigned *)r[7]};
+    const Plane lo = {(int)r[8], (const unsigned char *)r[9], r[10], (const unsigned *)r[12]};
+    const int L = hi.method ? (int)r[6] : lo.method ? (int)r[11] : 32;
+    const unsigned char *ctx_id = lo.method == 2 ? (const unsigned char *)r[13] : 0;
+    int bad;
+    if (L > 128 || L < 1 || (L > 32 && L % 32) || (hi.method && lo.method && r[6] != r[11])) bad = 1;
+    else if (L <= 32) bad = decode_chunk<1>(hi, lo, L, out, n, rotate, P, ctx_id);
+    else if (L == 64) bad = decode_chunk<2>(hi, lo, L, out, n, rotate, P, ctx_id);
+    else if (L == 96) bad = decode_chunk<3>(hi, lo, L, out, n, rotate, P, ctx_id);
+    else bad = decode_chunk<4>(hi, lo, L, out, n, rotate, P, ctx_id);
+    if (bad && (threadIdx.x & 31) == 0) atomicExch(status, 1);
 }
