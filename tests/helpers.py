@@ -41,3 +41,15 @@ def special_values(dtype: torch.dtype, n: int = 4096, seed: int = 0) -> torch.Te
         w = (torch.randn(n, generator=g) * 0.02).to(dtype)
         t = torch.where(torch.rand(n, generator=g) < 0.7, w, t)
     return t
+
+
+def tiny_llama(seed: int = 0, layers: int = 2, vocab: int = 512, hidden: int = 64, intermediate: int = 128,
+               tied: bool = False):
+    """A small Llama-style model with seeded random weights, in bf16, eval mode."""
+    import transformers
+
+    config = transformers.LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
+                                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=64, tie_word_embeddings=tied)
+    torch.manual_seed(seed)
+    return transformers.LlamaForCausalLM(config).to(torch.bfloat16).eval()

@@ -20,15 +20,7 @@ from nzip.cli import main as cli  # noqa: E402
 from nzip.errors import BadParameterError, FormatError, NzipError  # noqa: E402
 from nzip.formats import dfloat11_checkpoint as df11  # noqa: E402
 
-from helpers import same_bits  # noqa: E402
-
-
-def tiny_llama(seed: int = 0, layers: int = 2):
-    config = transformers.LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128,
-                                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                                      max_position_embeddings=64, tie_word_embeddings=False)
-    torch.manual_seed(seed)
-    return transformers.LlamaForCausalLM(config).to(torch.bfloat16).eval()
+from helpers import same_bits, tiny_llama  # noqa: E402
 
 
 def tokens(vocab: int, batch: int = 2, length: int = 12, seed: int = 1):

@@ -18,7 +18,7 @@ from nzip.errors import CorruptDataError, UnsupportedDtypeError
 from nzip.formats import dfloat11_checkpoint as df11
 from nzip.kernels import dfloat11 as gpu
 
-from helpers import same_bits
+from helpers import same_bits, tiny_llama
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (runs on the device machine)")
 GOLDEN = Path(__file__).parent / "golden" / "dfloat11_project_module.safetensors"
@@ -314,12 +314,8 @@ def test_gpu_reads_the_dfloat11_layout():
 # -- compressed models on the GPU, and the dfloat11 package itself -----------------------
 def _tiny_llama_folder(tmp_path, seed: int = 0):
     transformers = pytest.importorskip("transformers")
-    config = transformers.LlamaConfig(vocab_size=1024, hidden_size=128, intermediate_size=352, num_hidden_layers=3,
-                                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
-    torch.manual_seed(seed)
-    model = transformers.LlamaForCausalLM(config).to(torch.bfloat16).eval()
     folder = tmp_path / "llama"
-    model.save_pretrained(folder)
+    tiny_llama(seed, layers=3, vocab=1024, hidden=128, intermediate=352).save_pretrained(folder)
     return transformers, folder
 
 

@@ -384,3 +384,45 @@ def test_killed_folder_pack_leaves_the_previous_folder_intact(sharded_minilm, tm
         assert now == before or proc.returncode == 0  # old folder, or the finished new one
         model_folder.verify_folder(out)
         before = now
+
+
+DCP_WRITER = """
+import sys, warnings, torch, torch.distributed.checkpoint as dcp
+from nzip.dcp import NzipStorageWriter
+warnings.simplefilter("ignore")
+path, seed = sys.argv[1], 0
+while True:
+    seed += 1
+    g = torch.Generator().manual_seed(seed % 2)
+    state = {"w": torch.randn(2 << 20, generator=g).bfloat16(), "b": torch.randn(1 << 20, generator=g)}
+    dcp.save(state, storage_writer=NzipStorageWriter(path), no_dist=True)
+    print("saved", flush=True)
+"""
+
+
+def test_killed_dcp_saves_leave_the_previous_checkpoint_intact(tmp_path):
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+
+    from nzip.dcp import NzipStorageReader
+
+    def expected(seed):
+        g = torch.Generator().manual_seed(seed)
+        return {"w": torch.randn(2 << 20, generator=g).bfloat16(), "b": torch.randn(1 << 20, generator=g)}
+
+    path = tmp_path / "ckpt"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    rng = random.Random(11)
+    states = [expected(0), expected(1)]
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, "-c", DCP_WRITER, str(path)], env=env, stdout=subprocess.PIPE)
+        assert proc.stdout.readline() == b"saved\n"
+        time.sleep(rng.uniform(0.0, 0.4))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        target = {"w": torch.zeros(2 << 20).bfloat16(), "b": torch.zeros(1 << 20)}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dcp.load(target, storage_reader=NzipStorageReader(path), no_dist=True)
+        assert any(same_bits(target["w"], s["w"]) and same_bits(target["b"], s["b"]) for s in states)
