@@ -188,16 +188,24 @@ def get(name_or_config: str | dict[str, Any] | Codec, **params: Any) -> Codec:
     Instances are immutable and cached by config: decoding many frames builds each once."""
     if isinstance(name_or_config, Codec):
         return name_or_config
-    try:
-        key = json.dumps([name_or_config, params], sort_keys=True)
-    except TypeError:
-        key = None
+    key = _cache_key(name_or_config, params)
     if key is not None and key in _instances:
         return _instances[key]
     codec = _get(name_or_config, **params)
     if key is not None and len(_instances) < 1024:
         _instances[key] = codec
     return codec
+
+
+def _cache_key(name_or_config, params: dict):
+    """A hashable key for a flat config (what frames hold); None for anything else."""
+    items = {**name_or_config, **params} if isinstance(name_or_config, dict) else {"id": name_or_config, **params}
+    try:
+        key = tuple(sorted((k, type(v).__name__, v) for k, v in items.items()))  # True is not 1 here
+        hash(key)
+        return key
+    except TypeError:  # nested or unhashable values: built every time
+        return None
 
 
 def _get(name_or_config: str | dict[str, Any], **params: Any) -> Codec:
