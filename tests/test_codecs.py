@@ -10,7 +10,7 @@ from hypothesis.extra import numpy as hnp
 from helpers import FLOAT_DTYPES, INT_DTYPES, check_roundtrip, same_bits, special_values
 from nzip import codecs
 from nzip.dtypes import to_bytes
-from nzip.errors import BadParameterError, NzipError, UnknownCodecError, UnsupportedDtypeError
+from nzip.errors import BadParameterError, ChecksumError, NzipError, UnknownCodecError, UnsupportedDtypeError
 
 GENERIC = ["raw", "zstd", "planes", "ans"]
 
@@ -239,6 +239,18 @@ def test_decode_many_rejects_corrupt_payloads():
     bad = reseal(frames[1], lambda p: p[:200] + bytes(40) + p[240:])  # inside the exponent stream
     with pytest.raises(NzipError):
         codecs.decode_many([frames[0], bad, frames[2]])
+
+
+@pytest.mark.parametrize("where", ["payload", "header", "checksum"])
+def test_decode_many_names_the_frame_whose_checksum_fails(where):
+    """Checksums are checked while the payloads decode: a flipped bit anywhere is still a
+    ChecksumError naming the frame, whatever the decoder made of the bytes."""
+    frames = [codecs.encode((torch.randn(20_000) * 0.02).to(torch.bfloat16), "ans") for _ in range(3)]
+    bad = bytearray(frames[2])
+    at = {"payload": len(bad) // 2, "header": 40, "checksum": len(bad) - 3}[where]
+    bad[at] ^= 0x08
+    with pytest.raises(ChecksumError, match="frame 2"):
+        codecs.decode_many([frames[0], frames[1], bytes(bad)])
 
 
 def test_huffman_codes_are_canonical_and_length_limited():
