@@ -6,6 +6,9 @@
     nzip unpack MODEL_DIR.nz               -> MODEL_DIR/ (every file byte for byte)
     nzip pack --format dfloat11 MODEL_DIR  -> MODEL_DIR-dfloat11/ (the DFloat11 project's layout)
     nzip unpack DF11_DIR                   -> DF11_DIR-bf16/ (plain bf16 safetensors)
+    nzip pack scene.ply [--quality medium]  -> scene.nzs (Gaussian splats; .spz in too)
+    nzip unpack scene.nzs [-o scene.spz]   -> scene.ply (or .spz)
+    nzip scene-eval scene.ply scene.nzs    -> PSNR/SSIM of renders from 24 cameras
     nzip info model.nz
     nzip verify model.nz | MODEL_DIR.nz
 """
@@ -54,6 +57,8 @@ def cmd_pack(args) -> None:
         return _pack_dfloat11_folder(args, src)
     if src.is_dir():
         return _pack_folder(args, src)
+    if src.suffix.lower() in SCENE_SUFFIXES:
+        return _pack_scene(args, src)
     dst = Path(args.output) if args.output else src.with_suffix(".nz")
     if dst.resolve() == src.resolve():
         raise NzipError("output would overwrite the input")
@@ -62,6 +67,66 @@ def cmd_pack(args) -> None:
         safetensors.pack(src, dst, codec=_codec_arg(args.codec), threads=args.threads,
                          overwrite=args.force, progress=bar.update if bar else None)
     _report(args, src, dst, time.perf_counter() - t0)
+
+
+SCENE_SUFFIXES = (".ply", ".spz")
+
+
+def read_any_scene(path: Path):
+    """A scene from .ply, .spz or .nzs."""
+    from .scenes import read_scene
+    from .scenes.codec import decode_scene
+
+    return decode_scene(path) if path.suffix.lower() == ".nzs" else read_scene(path)
+
+
+def _pack_scene(args, src: Path) -> None:
+    from .scenes import read_scene
+    from .scenes.codec import encode_scene
+
+    dst = Path(args.output) if args.output else src.with_suffix(".nzs")
+    if dst.exists() and not args.force:
+        raise NzipError(f"{dst} already exists (use -f to replace it)")
+    t0 = time.perf_counter()
+    scene = read_scene(src)
+    report = encode_scene(scene, dst, level=args.quality, overwrite=args.force, threads=args.threads)
+    a = src.stat().st_size
+    _say(args, f"{src} : {len(scene)} Gaussians, SH degree {scene.sh_degree}, level {args.quality}: "
+               f"{a / report['bytes']:.1f}x smaller ({a} => {report['bytes']} bytes, "
+               f"{report['bytes'] / len(scene):.1f} B/Gaussian, {report['kept']} kept) -> {dst} "
+               f"in {time.perf_counter() - t0:.2f} s")
+
+
+def _unpack_scene(args, src: Path) -> None:
+    from .scenes import write_scene
+    from .scenes.codec import decode_scene
+
+    dst = Path(args.output) if args.output else src.with_suffix(".ply")
+    if dst.suffix.lower() not in SCENE_SUFFIXES:
+        raise NzipError(f"{dst}: a scene unpacks to .ply or .spz")
+    if dst.exists() and not args.force:
+        raise NzipError(f"{dst} already exists (use -f to replace it)")
+    t0 = time.perf_counter()
+    scene = decode_scene(src, threads=args.threads)
+    write_scene(scene, dst, overwrite=args.force)
+    _say(args, f"{src} : {len(scene)} Gaussians -> {dst} in {time.perf_counter() - t0:.2f} s")
+
+
+def cmd_scene_eval(args) -> None:
+    from .scenes.fidelity import cameras_for, fidelity, side_by_side, write_png
+
+    original, decoded = read_any_scene(Path(args.original)), read_any_scene(Path(args.decoded))
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    cams = cameras_for(original, args.original, args.views, width, height)
+    report = fidelity(original, decoded, cams)
+    if args.png:
+        write_png(side_by_side(original, decoded, cams), args.png)
+    if args.json:
+        print(json.dumps({"psnr": report["psnr"], "ssim": report["ssim"], "views": report["views"],
+                          "gaussians": [len(original), len(decoded)]}))
+    else:
+        print(f"PSNR {report['psnr']:.2f} dB, SSIM {report['ssim']:.4f} over {report['views']} views "
+              f"({len(original)} vs {len(decoded)} Gaussians)")
 
 
 def _pack_folder(args, src: Path) -> None:
@@ -131,6 +196,8 @@ def cmd_unpack(args) -> None:
             raise NzipError(f"{src} is a folder but neither a packed folder (no {model_folder.MANIFEST}) "
                             "nor a DFloat11 checkpoint (config.json has no dfloat11_config)")
         return _unpack_dfloat11_folder(args, src)
+    if src.suffix.lower() == ".nzs":
+        return _unpack_scene(args, src)
     with container.Container(src) as box:
         if args.output:
             dst = Path(args.output)
@@ -219,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "project's layout, loadable by the dfloat11 package")
     sp.add_argument("--codec", default="auto",
                     help=f"auto (per tensor, default) or one of: {', '.join(available())}; or a JSON config")
+    sp.add_argument("--quality", choices=("low", "medium", "high", "lossless"), default="medium",
+                    help="for Gaussian-splat scenes (.ply, .spz -> .nzs): the level (default medium)")
     common(sp)
     sp.set_defaults(func=cmd_pack)
 
@@ -227,6 +296,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("input")
     common(sp)
     sp.set_defaults(func=cmd_unpack)
+
+    sp = sub.add_parser("scene-eval", help="fidelity of a decoded Gaussian-splat scene: PSNR/SSIM of renders")
+    sp.add_argument("original")
+    sp.add_argument("decoded")
+    sp.add_argument("--json", action="store_true", help='print {"psnr", "ssim", "views"}')
+    sp.add_argument("--png", help="write side-by-side renders (original, decoded, error x4)")
+    sp.add_argument("--views", type=int, default=24, help="orbit cameras (default 24)")
+    sp.add_argument("--size", default="320x240", help="render size WxH (default 320x240)")
+    sp.set_defaults(func=cmd_scene_eval, quiet=False, verbose=False)
 
     sp = sub.add_parser("info", help="list tensors, codecs, sizes and ratios")
     sp.add_argument("input")

@@ -1,0 +1,105 @@
+"""How close a decoded scene looks to its original: renders of both from the same cameras
+compared by PSNR and SSIM, and a picture a person can look at.
+
+    report = fidelity(original, decoded)        # {"psnr", "ssim", "views", "per_view": [...]}
+    write_png(side_by_side(original, decoded), "compare.png")
+
+Cameras: cameras.json beside the original when there is one (the 3DGS trainers' format),
+otherwise a fixed orbit of 24 cameras around the scene (render.orbit). Renders are clamped
+to [0, 1]; PSNR is the mean over views of each view's PSNR (views with no error count as
+100 dB); SSIM uses the usual 11 x 11 Gaussian window (sigma 1.5) on each colour channel.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .render import Camera, SceneTensors, orbit, render
+from .scene import Scene
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = float(torch.mean((a - b) ** 2))
+    return 100.0 if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
+    """SSIM of two H x W x 3 images in [0, 1]."""
+    x = a.permute(2, 0, 1)[:, None]
+    y = b.permute(2, 0, 1)[:, None]
+    g = torch.exp(-((torch.arange(11, dtype=torch.float32, device=a.device) - 5) ** 2) / (2 * 1.5 ** 2))
+    g = g / g.sum()
+    window = (g[:, None] * g[None, :])[None, None]
+
+    def blur(z):
+        return F.conv2d(z, window)
+
+    mx, my = blur(x), blur(y)
+    sxx, syy, sxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+    return float(s.mean())
+
+
+def cameras_for(scene: Scene, path: str | Path | None = None, views: int = 24, width: int = 320,
+                height: int = 240) -> list[Camera]:
+    """The cameras of cameras.json beside `path` (scaled to `width`), else an orbit."""
+    if path is not None:
+        found = Path(path).with_name("cameras.json")
+        if found.is_file():
+            cams = []
+            for c in json.loads(found.read_text())[:views]:
+                R_c2w = np.asarray(c["rotation"], np.float64)
+                R = R_c2w.T
+                scale = width / c["width"]
+                cams.append(Camera(R, -R @ np.asarray(c["position"], np.float64), c["fx"] * scale, c["fy"] * scale,
+                                   width / 2, c["height"] * scale / 2, width, int(round(c["height"] * scale))))
+            if cams:
+                return cams
+    return orbit(scene, views, width, height)
+
+
+def fidelity(original: Scene, decoded: Scene, cameras: list[Camera] | None = None, device="cpu") -> dict:
+    cams = cameras or orbit(original)
+    a, b = SceneTensors(original, device), SceneTensors(decoded, device)
+    per_view = []
+    for cam in cams:
+        x, y = render(a, cam).clamp(0, 1), render(b, cam).clamp(0, 1)
+        per_view.append({"psnr": psnr(x, y), "ssim": ssim(x, y)})
+    return {"psnr": float(np.mean([v["psnr"] for v in per_view])),
+            "ssim": float(np.mean([v["ssim"] for v in per_view])), "views": len(cams), "per_view": per_view}
+
+
+def side_by_side(original: Scene, decoded: Scene, cameras: list[Camera] | None = None, views: int = 4,
+                 device="cpu") -> np.ndarray:
+    """Rows of (original, decoded, error x 4) renders, uint8 RGB."""
+    cams = (cameras or orbit(original))[:views]
+    a, b = SceneTensors(original, device), SceneTensors(decoded, device)
+    rows = []
+    for cam in cams:
+        x, y = render(a, cam).clamp(0, 1), render(b, cam).clamp(0, 1)
+        rows.append(torch.cat([x, y, ((x - y).abs() * 4).clamp(0, 1)], dim=1))
+    return (torch.cat(rows, dim=0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+
+
+def write_png(rgb: np.ndarray, path: str | Path) -> None:
+    """An 8-bit RGB PNG (zlib only, no imaging library needed)."""
+    from ..formats.atomic import atomic_write
+
+    h, w, _ = rgb.shape
+    raw = b"".join(b"\0" + rgb[y].tobytes() for y in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    with atomic_write(path, overwrite=True) as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+                + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
