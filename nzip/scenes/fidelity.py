@@ -67,12 +67,22 @@ def cameras_for(scene: Scene, path: str | Path | None = None, views: int = 24, w
     return orbit(scene, views, width, height)
 
 
-def fidelity(original: Scene, decoded: Scene, cameras: list[Camera] | None = None, device="cpu") -> dict:
-    cams = cameras or orbit(original)
-    a, b = SceneTensors(original, device), SceneTensors(decoded, device)
+def renders(scene: Scene, cameras: list[Camera], device="cpu") -> list[torch.Tensor]:
+    """The scene from every camera, clamped to [0, 1] (render an original once, compare often)."""
+    g = SceneTensors(scene, device)
+    return [render(g, cam).clamp(0, 1) for cam in cameras]
+
+
+def fidelity(original: Scene | list[torch.Tensor], decoded: Scene, cameras: list[Camera] | None = None,
+             device="cpu") -> dict:
+    """original: a scene, or its renders from `cameras` (renders())."""
+    if isinstance(original, Scene):
+        cams = cameras or orbit(original)
+        targets = renders(original, cams, device)
+    else:
+        cams, targets = cameras, original
     per_view = []
-    for cam in cams:
-        x, y = render(a, cam).clamp(0, 1), render(b, cam).clamp(0, 1)
+    for x, y in zip(targets, renders(decoded, cams, device)):
         per_view.append({"psnr": psnr(x, y), "ssim": ssim(x, y)})
     return {"psnr": float(np.mean([v["psnr"] for v in per_view])),
             "ssim": float(np.mean([v["ssim"] for v in per_view])), "views": len(cams), "per_view": per_view}

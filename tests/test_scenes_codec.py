@@ -1,0 +1,181 @@
+"""The scene codec (.nzs), the reference renderer and the fidelity measure."""
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from nzip.errors import ChecksumError, FormatError, TruncatedError
+from nzip.scenes import Scene, read_scene, write_scene
+from nzip.scenes.codec import decode_scene, encode_scene
+from nzip.scenes.fidelity import fidelity, psnr, ssim
+from nzip.scenes.quantize import morton, unmorton
+from nzip.scenes.render import Camera, look_at, orbit, render, sh_colour
+
+SMALL = dict(views=4, width=96, height=72)
+
+
+def cams_for(scene):
+    return orbit(scene, SMALL["views"], SMALL["width"], SMALL["height"])
+
+
+@pytest.fixture(scope="module")
+def donut(scenes_dir):
+    return read_scene(scenes_dir / "v3dg_donut_fused.ply")
+
+
+@pytest.fixture(scope="module")
+def sh3(scenes_dir):
+    return read_scene(scenes_dir / "try_iter7000_sh3.ply")
+
+
+# -- renderer -------------------------------------------------------------------------------
+
+def one_gaussian(z=5.0, colour=(1.0, 0.0, 0.0), opacity=3.0, scale=-1.0, x=0.0):
+    rgb = (np.asarray(colour, np.float32) - 0.5) / 0.28209479177387814
+    return Scene(positions=np.array([[x, 0, z]], np.float32), sh_dc=rgb[None], sh_rest=np.zeros((1, 0, 3), np.float32),
+                 opacity=np.array([opacity], np.float32), scales=np.full((1, 3), scale, np.float32),
+                 rotations=np.array([[1, 0, 0, 0]], np.float32))
+
+
+def camera(width=64, height=48):
+    return Camera(np.eye(3), np.zeros(3), 50.0, 50.0, width / 2, height / 2, width, height)
+
+
+def test_a_single_gaussian_peaks_at_its_projected_centre():
+    img = render(one_gaussian(), camera())
+    alpha = 1 / (1 + math.exp(-3.0))
+    # the centre sits on a pixel corner (32, 24): the four pixels around it are the brightest
+    peak = img[23:25, 31:33, 0]
+    assert torch.allclose(peak, peak[0, 0].expand_as(peak), atol=1e-6)
+    assert float(img[..., 0].max()) == pytest.approx(float(peak[0, 0]))
+    assert 0.9 * alpha < float(peak[0, 0]) <= alpha
+    assert float(img[..., 1:].abs().max()) < 1e-6 and float(img[0, 0, 0]) < 1e-3
+
+
+def test_front_gaussian_hides_the_one_behind():
+    a, b = one_gaussian(z=5, colour=(1, 0, 0), opacity=8), one_gaussian(z=9, colour=(0, 0, 1), opacity=8)
+    both = Scene(*(np.concatenate([getattr(b, f), getattr(a, f)]) for f in
+                   ("positions", "sh_dc", "sh_rest", "opacity", "scales", "rotations")))
+    img = render(both, camera())[24, 32]
+    assert img[0] > 0.95 and img[2] < 0.02  # alpha capped at 0.99: a hint of blue at most
+
+
+def test_sh_degree_one_varies_with_direction():
+    dc = torch.zeros(2, 3)
+    rest = torch.zeros(2, 3, 3)
+    rest[:, 2, 0] = 1.0  # the x-term of degree 1 (its basis is -C1 * x)
+    dirs = torch.tensor([[1.0, 0, 0], [-1.0, 0, 0]])
+    c = sh_colour(dc, rest, dirs)
+    assert float(c[0, 0]) == pytest.approx(0.5 - 0.4886025119029199, abs=1e-6)
+    assert float(c[1, 0]) == pytest.approx(0.5 + 0.4886025119029199, abs=1e-6)
+
+
+def test_orbit_cameras_look_at_the_scene(donut):
+    cams = orbit(donut, 24, 64, 48)
+    assert len(cams) == 24
+    centre = np.median(donut.positions, axis=0)
+    for cam in cams:
+        p = cam.R @ centre + cam.t
+        assert p[2] > 0 and abs(cam.fx * p[0] / p[2]) < 1e-3 and abs(cam.fy * p[1] / p[2]) < 1e-3
+
+
+def test_identical_scenes_are_100_db_and_psnr_ssim_behave():
+    x = torch.rand(40, 50, 3, generator=torch.Generator().manual_seed(0))
+    assert psnr(x, x) == 100.0 and ssim(x, x) == pytest.approx(1.0)
+    y = (x + 0.05).clamp(0, 1)
+    assert 20 < psnr(x, y) < 30 and ssim(x, y) < 1
+    cam = look_at(np.array([0.0, 0, -5]), np.zeros(3), np.array([0.0, -1, 0]), 32, 24, 1.0)
+    assert cam.R.shape == (3, 3)
+
+
+def test_morton_round_trip():
+    q = np.random.default_rng(0).integers(0, 1 << 21, (1000, 3)).astype(np.uint64)
+    assert np.array_equal(unmorton(morton(q)), q)
+    assert morton(np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]], np.uint64)).tolist() == [1, 2, 4]
+
+
+# -- codec ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["donut", "sh3"])
+def test_levels_trade_size_for_fidelity(name, request, tmp_path):
+    scene = request.getfixturevalue(name)
+    cams = cams_for(scene)
+    sizes, quality = {}, {}
+    for level in ("low", "medium", "high"):
+        report = encode_scene(scene, tmp_path / f"{level}.nzs", level=level)
+        back = decode_scene(tmp_path / f"{level}.nzs")
+        back.check_finite()
+        assert back.sh_degree == scene.sh_degree and report["kept"] == len(back) <= len(scene)
+        sizes[level] = report["bytes"]
+        quality[level] = fidelity(scene, back, cams)["psnr"]
+    assert sizes["low"] < sizes["medium"] < sizes["high"]
+    assert quality["low"] < quality["high"] and quality["high"] > 40 and quality["medium"] > 33
+
+
+def test_lossless_restores_every_bit(sh3, scenes_dir, tmp_path):
+    encode_scene(sh3, tmp_path / "x.nzs", level="lossless")
+    back = decode_scene(tmp_path / "x.nzs")
+    for field in ("positions", "sh_dc", "sh_rest", "opacity", "scales", "rotations", "normals"):
+        assert np.array_equal(getattr(back, field).view(np.uint32), getattr(sh3, field).view(np.uint32)), field
+    write_scene(back, tmp_path / "back.ply")
+    assert (tmp_path / "back.ply").read_bytes() == (scenes_dir / "try_iter7000_sh3.ply").read_bytes()
+
+
+def test_medium_prunes_only_what_is_never_drawn(donut, tmp_path):
+    alpha = 1 / (1 + np.exp(-donut.opacity.astype(np.float64)))
+    report = encode_scene(donut, tmp_path / "x.nzs", level="medium")
+    assert report["kept"] == int((alpha >= 1 / 255).sum())
+
+
+def test_bad_scene_input(donut, tmp_path):
+    encode_scene(donut, tmp_path / "x.nzs", level="low")
+    data = (tmp_path / "x.nzs").read_bytes()
+    (tmp_path / "short.nzs").write_bytes(data[: len(data) // 2])
+    with pytest.raises(TruncatedError):
+        decode_scene(tmp_path / "short.nzs")
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 1
+    (tmp_path / "flip.nzs").write_bytes(bytes(flipped))
+    with pytest.raises(ChecksumError):
+        decode_scene(tmp_path / "flip.nzs")
+    import nzip
+
+    nzip.save({"w": torch.ones(3)}, tmp_path / "plain.nz")
+    with pytest.raises(FormatError, match="not an nzip scene"):
+        decode_scene(tmp_path / "plain.nz")
+    broken = Scene(**{f: getattr(donut, f).copy() for f in ("positions", "sh_dc", "sh_rest", "opacity", "scales",
+                                                           "rotations")})
+    broken.positions[3, 0] = np.inf
+    with pytest.raises(FormatError, match="positions"):
+        encode_scene(broken, tmp_path / "nan.nzs")
+    assert not (tmp_path / "nan.nzs").exists()
+    with pytest.raises(Exception, match="level"):
+        encode_scene(donut, tmp_path / "bad.nzs", level="extreme")
+
+
+def test_cli_pack_unpack_and_eval(scenes_dir, tmp_path):
+    src = scenes_dir / "v3dg_donut_fused.ply"
+
+    def nzip_cli(*args):
+        return subprocess.run([sys.executable, "-m", "nzip.cli", *map(str, args)], capture_output=True, text=True)
+
+    assert nzip_cli("pack", src, "-o", tmp_path / "d.nzs", "--quality", "high").returncode == 0
+    assert nzip_cli("pack", src, "-o", tmp_path / "d.nzs").returncode == 1  # exists, no -f
+    assert nzip_cli("unpack", tmp_path / "d.nzs", "-o", tmp_path / "d.spz").returncode == 0
+    assert nzip_cli("unpack", tmp_path / "d.nzs", "-o", tmp_path / "d.ply").returncode == 0
+    out = nzip_cli("scene-eval", src, tmp_path / "d.nzs", "--json", "--views", 4, "--size", "64x48",
+                   "--png", tmp_path / "cmp.png")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["views"] == 4 and report["psnr"] > 35
+    assert (tmp_path / "cmp.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert read_scene(tmp_path / "d.spz").sh_degree == 0
+    bad = tmp_path / "empty.ply"
+    bad.write_bytes(b"ply\nformat binary_little_endian 1.0\nelement vertex 0\nproperty float x\nend_header\n")
+    res = nzip_cli("pack", bad, "-o", tmp_path / "e.nzs")
+    assert res.returncode == 1 and "error" in res.stderr and not (tmp_path / "e.nzs").exists()

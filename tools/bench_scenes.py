@@ -1,0 +1,156 @@
+"""Gaussian-splat scenes: nzip's levels against .spz, judged by rendering, in one run.
+
+    python tools/bench_scenes.py [--views 24] [--size 256x192] [--readme]
+
+Every scene under ../shared/data/scenes (the PlayCanvas-compressed .ply files through their
+decoded INRIA copies; see that folder's README). For each: the .ply size (for pod_sh3_v2.spz,
+the size of the INRIA .ply it decodes to), the .spz peer (Niantic's quantisation, version 3,
+written by nzip.scenes.spz with the reference encoder's settings; for pod the file itself),
+and nzip's four levels: bytes, size vs .ply and vs .spz, fidelity (PSNR/SSIM between renders
+of the original and of the decoded scene from an orbit of cameras, nzip.scenes.fidelity),
+pack and unpack time. Then the speed check: a synthetic SH3 scene of 1M Gaussians (the
+gsplat scene resampled with jitter) packed at medium and unpacked. Results:
+bench/results/scenes.json, a table (and with --readme the README's), a render strip
+(bench/results/scene_strip.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from nzip.scenes import Scene, read_scene, write_scene  # noqa: E402
+from nzip.scenes.codec import decode_scene, encode_scene  # noqa: E402
+from nzip.scenes.fidelity import fidelity, renders, side_by_side, write_png  # noqa: E402
+from nzip.scenes.render import orbit  # noqa: E402
+from nzip.scenes.spz import read_spz, write_spz  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data" / "scenes"
+SCENES = ["v3dg_donut_fused.ply", "guitar_decoded_inria.ply", "biker_decoded_inria.ply",
+          "gsplat_alti_sh3.ply", "try_iter7000_sh3.ply", "pod_sh3_v2.spz"]
+LEVELS = ["low", "medium", "high", "lossless"]
+
+
+def bench_scene(name: str, views: int, size: tuple[int, int], work: Path) -> dict:
+    path = DATA / name
+    scene = read_scene(path)
+    ply = work / "x.ply"
+    write_scene(scene, ply)
+    ply_bytes = path.stat().st_size if name.endswith(".ply") else ply.stat().st_size
+    cams = orbit(scene, views, *size)
+    targets = renders(scene, cams)
+    row = {"scene": name, "gaussians": len(scene), "sh_degree": scene.sh_degree, "ply_bytes": ply_bytes, "levels": {}}
+    if name.endswith(".spz"):
+        spz_path, spz_scene = path, scene
+    else:
+        spz_path = work / "x.spz"
+        t0 = time.perf_counter()
+        write_spz(scene, spz_path, version=3)
+        spz_scene = read_spz(spz_path)
+        row["spz_seconds"] = time.perf_counter() - t0
+    f = fidelity(targets, spz_scene, cams)
+    row["spz"] = {"bytes": spz_path.stat().st_size, "psnr": f["psnr"], "ssim": f["ssim"]}
+    for level in LEVELS:
+        out = work / f"x.{level}.nzs"
+        t0 = time.perf_counter()
+        report = encode_scene(scene, out, level=level, overwrite=True)
+        pack_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        back = decode_scene(out)
+        unpack_s = time.perf_counter() - t0
+        f = fidelity(targets, back, cams)
+        row["levels"][level] = {"bytes": report["bytes"], "kept": report["kept"], "psnr": f["psnr"], "ssim": f["ssim"],
+                                "pack_s": pack_s, "unpack_s": unpack_s, "parts": report["parts"]}
+        print(f"  {name:26s} {level:8s} {report['bytes']:9d} B  {ply_bytes / report['bytes']:6.1f}x ply  "
+              f"{report['bytes'] / row['spz']['bytes']:.2f}x spz  PSNR {f['psnr']:.2f}", file=sys.stderr, flush=True)
+    return row
+
+
+def synthetic(n: int, seed: int = 0) -> Scene:
+    """A real SH3 scene resampled to n Gaussians, positions jittered by a fraction of their spacing."""
+    base = read_scene(DATA / "gsplat_alti_sh3.ply")
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, len(base), n)
+    spread = np.percentile(base.positions, 95, axis=0) - np.percentile(base.positions, 5, axis=0)
+    jitter = rng.normal(0, 1, (n, 3)).astype(np.float32) * spread.astype(np.float32) * 1e-3
+    return Scene(positions=base.positions[pick] + jitter, sh_dc=base.sh_dc[pick], sh_rest=base.sh_rest[pick],
+                 opacity=base.opacity[pick], scales=base.scales[pick], rotations=base.rotations[pick])
+
+
+def speed(work: Path, n: int = 1 << 20) -> dict:
+    scene = synthetic(n)
+    t0 = time.perf_counter()
+    report = encode_scene(scene, work / "big.nzs", level="medium", overwrite=True)
+    pack_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    decode_scene(work / "big.nzs")
+    unpack_s = time.perf_counter() - t0
+    return {"gaussians": n, "bytes": report["bytes"], "pack_s": pack_s, "unpack_s": unpack_s,
+            "unpack_gaussians_per_s": n / unpack_s}
+
+
+def table(results: dict) -> str:
+    lines = [f"Renders: {results['views']} orbit cameras at {results['size']}; PSNR/SSIM against renders of the original.", "",
+             "| scene | Gaussians | SH | method | bytes | vs .ply | vs .spz | PSNR dB | SSIM | pack s | unpack s |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results["scenes"]:
+        s = r["spz"]
+        lines.append(f"| {r['scene']} | {r['gaussians']} | {r['sh_degree']} | spz | {s['bytes']} | "
+                     f"{r['ply_bytes'] / s['bytes']:.1f}x | 1.00x | {s['psnr']:.2f} | {s['ssim']:.4f} | | |")
+        for level, v in r["levels"].items():
+            lines.append(f"| | | | nzip {level} | {v['bytes']} | {r['ply_bytes'] / v['bytes']:.1f}x | "
+                         f"{v['bytes'] / s['bytes']:.2f}x | {v['psnr']:.2f} | {v['ssim']:.4f} | {v['pack_s']:.2f} | "
+                         f"{v['unpack_s']:.3f} |")
+    sp = results.get("speed")
+    if sp:
+        lines += ["", f"Speed (synthetic SH3 scene of {sp['gaussians']} Gaussians, medium): pack {sp['pack_s']:.1f} s, "
+                      f"unpack {sp['unpack_s']:.2f} s ({sp['unpack_gaussians_per_s'] / 1e6:.1f} M Gaussians/s), "
+                      f"{sp['bytes'] / sp['gaussians']:.1f} B/Gaussian."]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--views", type=int, default=24)
+    ap.add_argument("--size", default="256x192")
+    ap.add_argument("--scenes", default=",".join(SCENES))
+    ap.add_argument("--no-speed", action="store_true")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "scenes.json"))
+    ap.add_argument("--readme", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    size = tuple(int(v) for v in args.size.lower().split("x"))
+    results = {"views": args.views, "size": args.size, "scenes": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for name in args.scenes.split(","):
+            results["scenes"].append(bench_scene(name, args.views, size, work))
+        if not args.no_speed:
+            results["speed"] = speed(work)
+        donut = read_scene(DATA / "v3dg_donut_fused.ply")
+        encode_scene(donut, work / "d.nzs", level="medium", overwrite=True)
+        write_png(side_by_side(donut, decode_scene(work / "d.nzs"), orbit(donut, 4, 256, 192)),
+                  ROOT / "bench" / "results" / "scene_strip.png")
+    text = table(results)
+    print(text)
+    Path(args.out).write_text(json.dumps(results, indent=1))
+    if args.readme:
+        readme = ROOT / "README.md"
+        s = readme.read_text()
+        a, b = s.index("<!-- bench:scenes -->"), s.index("<!-- /bench:scenes -->")
+        readme.write_text(s[: a + len("<!-- bench:scenes -->")] + "\n" + text + "\n" + s[b:])
+
+
+if __name__ == "__main__":
+    main()
