@@ -4,17 +4,18 @@
     scene = decode_scene("scene.nzs")
 
 Lossy levels (low, medium, high), fitted post hoc, no training images:
-- positions: quantised on a grid over the bounding box (14/16/18 bits per axis), the
+- positions: quantised on a grid over the bounding box (13/14/18 bits per axis), the
   Gaussians sorted by the Morton code of their cell (every other attribute follows that
   order), the sorted codes stored as deltas;
-- opacity: sigmoid(opacity) on 6/8 bits;
-- log scales: a uniform grid (steps 1/64, 1/24, 1/8); rotations: the smallest three
-  components of the unit quaternion on 11/9/7-bit signed grids plus the index of the
+- opacity: sigmoid(opacity) on 6/7/8 bits;
+- log scales: a uniform grid (steps 1/8, 1/12, 1/64); rotations: the smallest three
+  components of the unit quaternion on 6/7/11-bit signed grids plus the index of the
   largest (measured on the SH3 scenes: per bit these beat vector quantisation, whose
   2-3 stages of 256 codewords lose 10-15 dB on scale and rotation alone);
 - SH DC and the rest of the SH coefficients: residual vector quantisation (stages of
   k-means codebooks, as in Compact 3D Gaussian Splatting, extended to colour); codebooks
-  sized to the scene (never more codewords than Gaussians / 16), stored as float16;
+  sized to the scene (at most Gaussians / (4 x dimension) codewords: a codebook costs at
+  most half a byte per Gaussian), stored as float16;
 - pruning: Gaussians whose opacity is under 1/255 (never drawn: the renderer skips alpha
   under 1/255) in medium and low; in low also those under 2% opacity whose largest axis is
   under 0.1% of the scene's extent.
@@ -48,10 +49,10 @@ FORMAT = 1
 LEVELS = {
     "high": {"position_bits": 18, "opacity_bits": 8, "scale_step": 1 / 64, "rotation_bits": 11,
              "dc": [256, 256, 64], "rest": [1024, 256], "prune": 0},
-    "medium": {"position_bits": 16, "opacity_bits": 8, "scale_step": 1 / 24, "rotation_bits": 9,
-               "dc": [256, 64], "rest": [512], "prune": 1},
-    "low": {"position_bits": 14, "opacity_bits": 6, "scale_step": 1 / 8, "rotation_bits": 7, "dc": [256, 32],
-            "rest": [128], "prune": 2},
+    "medium": {"position_bits": 14, "opacity_bits": 7, "scale_step": 1 / 12, "rotation_bits": 7,
+               "dc": [256, 32], "rest": [256], "prune": 1},
+    "low": {"position_bits": 13, "opacity_bits": 6, "scale_step": 1 / 8, "rotation_bits": 6, "dc": [256],
+            "rest": [64], "prune": 2},
 }
 CANDIDATES = ("ans", "planes", "zstd", "raw")
 
@@ -172,7 +173,8 @@ def _lossy_items(scene: Scene, cfg: dict, meta: dict, seed: int) -> list[contain
     if scene.sh_degree:
         groups["rest"] = take(scene.sh_rest).reshape(n, -1)
     for g, data in groups.items():
-        stages = [max(1, min(k, max(16, n // 16))) for k in cfg[g]]
+        dim = data.shape[1]  # a codeword costs 2 * dim bytes: small scenes get small books
+        stages = [max(1, min(k, max(16, n // (4 * dim)))) for k in cfg[g]]
         books, indices = residual_vq(torch.as_tensor(np.asarray(data, np.float32)), stages, seed)
         meta[f"{g}_stages"] = len(books)
         for s, (book, idx) in enumerate(zip(books, indices)):
