@@ -127,8 +127,11 @@ def main() -> None:
     ap.add_argument("--scenes", default=",".join(SCENES))
     ap.add_argument("--no-speed", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "scenes.json"))
-    ap.add_argument("--readme", action="store_true")
+    ap.add_argument("--readme", action="store_true", help="also replace the table in README.md")
+    ap.add_argument("--readme-from", metavar="RESULTS_JSON", help="only rewrite README.md's table from a results file")
     args = ap.parse_args()
+    if args.readme_from:
+        return write_readme(table(json.loads(Path(args.readme_from).read_text())))
     torch.set_num_threads(os.cpu_count() or 1)
     size = tuple(int(v) for v in args.size.lower().split("x"))
     results = {"views": args.views, "size": args.size, "scenes": []}
@@ -146,10 +149,14 @@ def main() -> None:
     print(text)
     Path(args.out).write_text(json.dumps(results, indent=1))
     if args.readme:
-        readme = ROOT / "README.md"
-        s = readme.read_text()
-        a, b = s.index("<!-- bench:scenes -->"), s.index("<!-- /bench:scenes -->")
-        readme.write_text(s[: a + len("<!-- bench:scenes -->")] + "\n" + text + "\n" + s[b:])
+        write_readme(text)
+
+
+def write_readme(text: str) -> None:
+    readme = ROOT / "README.md"
+    s = readme.read_text()
+    a, b = s.index("<!-- bench:scenes -->"), s.index("<!-- /bench:scenes -->")
+    readme.write_text(s[: a + len("<!-- bench:scenes -->")] + "\n" + text + "\n" + s[b:])
 
 
 if __name__ == "__main__":
