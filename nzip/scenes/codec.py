@@ -4,16 +4,17 @@
     scene = decode_scene("scene.nzs")
 
 Lossy levels (low, medium, high), fitted post hoc, no training images:
-- positions: quantised on a grid over the bounding box (13/14/18 bits per axis), the
+- positions: quantised on a grid over the bounding box (11/13/16 bits per axis), the
   Gaussians sorted by the Morton code of their cell (every other attribute follows that
   order), the sorted codes stored as deltas;
 - opacity: sigmoid(opacity) on 6/7/8 bits;
-- log scales: a uniform grid (steps 1/8, 1/12, 1/64); rotations: the smallest three
-  components of the unit quaternion on 6/7/11-bit signed grids plus the index of the
-  largest (measured on the SH3 scenes: per bit these beat vector quantisation, whose
-  2-3 stages of 256 codewords lose 10-15 dB on scale and rotation alone);
-- SH DC and the rest of the SH coefficients: residual vector quantisation (stages of
-  k-means codebooks, as in Compact 3D Gaussian Splatting, extended to colour); codebooks
+- log scales and SH DC: uniform grids (scale steps 1/8, 1/16, 1/48; DC steps 1/8, 1/20,
+  1/48); rotations: the smallest three components of the unit quaternion on 6/7/10-bit
+  signed grids plus the index of the largest. Measured on the SH3 scenes, per byte these
+  beat vector quantisation, whose 2-3 stages of 256 codewords lost 10-15 dB on scale,
+  rotation and DC;
+- the rest of the SH coefficients (9, 24 or 45 numbers): residual vector quantisation
+  (k-means codebooks as in Compact 3D Gaussian Splatting, 64 / 256 / 1024+256 codewords),
   sized to the scene (at most Gaussians / (4 x dimension) codewords: a codebook costs at
   most half a byte per Gaussian), stored as float16;
 - pruning: Gaussians whose opacity is under 1/255 (never drawn: the renderer skips alpha
@@ -47,11 +48,11 @@ from .scene import Scene
 
 FORMAT = 1
 LEVELS = {
-    "high": {"position_bits": 18, "opacity_bits": 8, "scale_step": 1 / 64, "rotation_bits": 11,
-             "dc": [256, 256, 64], "rest": [1024, 256], "prune": 0},
-    "medium": {"position_bits": 14, "opacity_bits": 7, "scale_step": 1 / 12, "rotation_bits": 7,
-               "dc": [256, 32], "rest": [256], "prune": 1},
-    "low": {"position_bits": 13, "opacity_bits": 6, "scale_step": 1 / 8, "rotation_bits": 6, "dc": [256],
+    "high": {"position_bits": 16, "opacity_bits": 8, "scale_step": 1 / 48, "rotation_bits": 10,
+             "dc_step": 1 / 48, "rest": [1024, 256], "prune": 0},
+    "medium": {"position_bits": 13, "opacity_bits": 7, "scale_step": 1 / 16, "rotation_bits": 7,
+               "dc_step": 1 / 20, "rest": [256], "prune": 1},
+    "low": {"position_bits": 11, "opacity_bits": 6, "scale_step": 1 / 8, "rotation_bits": 6, "dc_step": 1 / 8,
             "rest": [64], "prune": 2},
 }
 CANDIDATES = ("ans", "planes", "zstd", "raw")
@@ -150,13 +151,13 @@ def _lossy_items(scene: Scene, cfg: dict, meta: dict, seed: int) -> list[contain
     alpha = 1 / (1 + np.exp(-take(scene.opacity).astype(np.float64)))
     items.append(_item("opacity", np.rint(alpha * ((1 << obits) - 1)).astype(np.uint8)))
 
-    # log scales: a uniform grid from each axis' minimum, entropy coded
-    scales = take(scene.scales).astype(np.float64)
-    step = cfg["scale_step"]
-    base = np.floor(scales.min(axis=0) / step) * step
-    levels = np.rint((scales - base) / step)
-    meta.update(scale_step=step, scale_base=base.tolist())
-    items.append(_item("scale", levels.astype(np.uint8 if levels.max() < 256 else np.uint16)))
+    # log scales and SH DC: a uniform grid from each column's minimum, entropy coded
+    for g, values, step in (("scale", take(scene.scales), cfg["scale_step"]), ("dc", take(scene.sh_dc), cfg["dc_step"])):
+        values = values.astype(np.float64)
+        base = np.floor(values.min(axis=0) / step) * step
+        levels = np.rint((values - base) / step)
+        meta.update({f"{g}_step": step, f"{g}_base": base.tolist()})
+        items.append(_item(g, levels.astype(np.uint8 if levels.max() < 256 else np.uint16)))
     # rotations: the smallest three components of the unit quaternion (the largest >= 0 is
     # implied), each a signed level of +-1/sqrt(2), and the index of the largest
     rot = take(scene.rotations).astype(np.float64)
@@ -169,9 +170,7 @@ def _lossy_items(scene: Scene, cfg: dict, meta: dict, seed: int) -> list[contain
     meta["rotation_bits"] = cfg["rotation_bits"]
     items.append(_item("rotation.largest", largest.astype(np.uint8)))
     items.append(_item("rotation.small", small.astype(np.uint8 if 2 * m < 256 else np.uint16)))
-    groups = {"dc": take(scene.sh_dc)}
-    if scene.sh_degree:
-        groups["rest"] = take(scene.sh_rest).reshape(n, -1)
+    groups = {"rest": take(scene.sh_rest).reshape(n, -1)} if scene.sh_degree else {}
     for g, data in groups.items():
         dim = data.shape[1]  # a codeword costs 2 * dim bytes: small scenes get small books
         stages = [max(1, min(k, max(16, n // (4 * dim)))) for k in cfg[g]]
@@ -220,7 +219,10 @@ def _decode_lossy(t: dict, meta: dict) -> Scene:
     degree = int(meta["sh_degree"])
     k = {0: 0, 1: 3, 2: 8, 3: 15}[degree]
     rest = group("rest").reshape(n, k, 3) if degree else np.zeros((n, 0, 3), np.float32)
-    scales = (np.asarray(meta["scale_base"]) + t["scale"].astype(np.float64) * float(meta["scale_step"]))
+    def grid(g):
+        return np.asarray(meta[f"{g}_base"]) + t[g].astype(np.float64) * float(meta[f"{g}_step"])
+
+    scales, dc = grid("scale"), grid("dc")
     m = (1 << (int(meta["rotation_bits"]) - 1)) - 1
     largest = t["rotation.largest"].astype(np.int64)
     if largest.max(initial=0) > 3:
@@ -230,7 +232,7 @@ def _decode_lossy(t: dict, meta: dict) -> Scene:
     others = np.sort(np.argsort(np.arange(4)[None, :] == largest[:, None], axis=1, kind="stable")[:, :3], axis=1)
     np.put_along_axis(rot, others, small, axis=1)
     rot[np.arange(n), largest] = np.sqrt(np.maximum(0, 1 - (small * small).sum(axis=1)))
-    return Scene(positions=positions, sh_dc=group("dc"), sh_rest=rest,
+    return Scene(positions=positions, sh_dc=dc.astype(np.float32), sh_rest=rest,
                  opacity=np.log(alpha / (1 - alpha)).astype(np.float32), scales=scales.astype(np.float32),
                  rotations=rot.astype(np.float32), antialiased=bool(meta.get("antialiased")))
 
