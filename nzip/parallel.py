@@ -82,3 +82,8 @@ def pmap_balanced(fn: Callable[[T, int], R], items: Iterable[T], threads: int,
     for i, r in zip(small, pmap(lambda i: fn(items[i], 1), small, threads)):
         out[i] = r
     return out
+
+
+def in_background(fn: Callable[[], R], threads: int = 2):
+    """Run fn() on the shared pool while the caller goes on; returns its Future."""
+    return _get_pool(max(threads, 2)).submit(fn)

@@ -10,7 +10,7 @@ from ..dtypes import DType, dtype_from_name, from_bytes, is_torch, to_bytes
 from ..errors import BadParameterError, ChecksumError, CorruptDataError, FormatError, NzipError
 from ..formats import frame as frame_format
 from ..formats.checksum import raw_hash_matches, xxh3
-from ..parallel import _get_pool
+from ..parallel import in_background
 from .registry import Codec, get, resolve_threads
 from .scratch import fresh_buffers
 
@@ -108,7 +108,7 @@ def decode_many(frames, out=None, threads: int = 0) -> list:
     # the checksums are checked on a pool thread while the payloads decode (the decoders are
     # bounds-checked: unchecked bytes cannot make them misbehave); nothing is returned, and
     # no error but ChecksumError raised, unless every frame's checksum holds
-    checked = _get_pool(max(threads, 2)).submit(lambda: [frame_format.checksum_ok(f) for f in frames])
+    checked = in_background(lambda: [frame_format.checksum_ok(f) for f in frames], threads)
     try:
         parsed = [_parse_frame(f, verify=False) for f in frames]
         if out is None:

@@ -237,8 +237,4 @@ def _decode_lossy(t: dict, meta: dict) -> Scene:
                  rotations=rot.astype(np.float32), antialiased=bool(meta.get("antialiased")))
 
 
-def bytes_per_gaussian(report: dict) -> float:
-    return report["bytes"] / max(report["count"], 1)
-
-
-__all__ = ["LEVELS", "bytes_per_gaussian", "decode_scene", "encode_scene"]
+__all__ = ["LEVELS", "decode_scene", "encode_scene"]
