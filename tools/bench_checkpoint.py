@@ -275,10 +275,9 @@ def main() -> None:
     if not args.quick:
         Path(args.out).write_text(json.dumps(results, indent=1))
     if args.readme:
-        readme = ROOT / "README.md"
-        s = readme.read_text()
-        a, b = s.index("<!-- bench:checkpoint -->"), s.index("<!-- /bench:checkpoint -->")
-        readme.write_text(s[: a + len("<!-- bench:checkpoint -->")] + "\n" + text + "\n" + s[b:])
+        from readme_table import replace_table
+
+        replace_table("checkpoint", text)
 
 
 if __name__ == "__main__":

@@ -211,12 +211,9 @@ def main() -> None:
                     help="only rewrite README.md's GPU table from a results file (needs no GPU)")
     args = ap.parse_args()
     if args.readme:
-        readme = Path(__file__).resolve().parents[1] / "README.md"
-        text, mark = readme.read_text(), ("<!-- bench:gpu -->", "<!-- /bench:gpu -->")
-        head, rest = text.split(mark[0], 1)
-        readme.write_text(head + mark[0] + "\n" + table(json.loads(Path(args.readme).read_text())) + "\n\n" + mark[1]
-                          + rest.split(mark[1], 1)[1])
-        return
+        from readme_table import replace_table
+
+        return replace_table("gpu", table(json.loads(Path(args.readme).read_text())))
     if not torch.cuda.is_available():
         sys.exit("bench_gpu.py needs a CUDA GPU")
     if args.sweep:

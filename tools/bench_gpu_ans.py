@@ -90,12 +90,9 @@ def main() -> None:
     ap.add_argument("--readme", metavar="RESULTS_JSON", help="only rewrite README.md's table (needs no GPU)")
     args = ap.parse_args()
     if args.readme:
-        readme = Path(__file__).resolve().parents[1] / "README.md"
-        text, mark = readme.read_text(), ("<!-- bench:gpu-ans -->", "<!-- /bench:gpu-ans -->")
-        head, rest = text.split(mark[0], 1)
-        readme.write_text(head + mark[0] + "\n" + table(json.loads(Path(args.readme).read_text())) + "\n\n" + mark[1]
-                          + rest.split(mark[1], 1)[1])
-        return
+        from readme_table import replace_table
+
+        return replace_table("gpu-ans", table(json.loads(Path(args.readme).read_text())))
     if not torch.cuda.is_available():
         sys.exit("bench_gpu_ans.py needs a CUDA GPU")
     results = {"gpu": torch.cuda.get_device_name(), "host_cores": os.cpu_count(), "torch": torch.__version__,

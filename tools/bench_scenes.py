@@ -35,6 +35,7 @@ from nzip.scenes.codec import decode_scene, encode_scene  # noqa: E402
 from nzip.scenes.fidelity import fidelity, renders, side_by_side, write_png  # noqa: E402
 from nzip.scenes.render import orbit  # noqa: E402
 from nzip.scenes.spz import read_spz, write_spz  # noqa: E402
+from readme_table import replace_table  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "scenes"
 SCENES = ["v3dg_donut_fused.ply", "guitar_decoded_inria.ply", "biker_decoded_inria.ply",
@@ -131,7 +132,7 @@ def main() -> None:
     ap.add_argument("--readme-from", metavar="RESULTS_JSON", help="only rewrite README.md's table from a results file")
     args = ap.parse_args()
     if args.readme_from:
-        return write_readme(table(json.loads(Path(args.readme_from).read_text())))
+        return replace_table("scenes", table(json.loads(Path(args.readme_from).read_text())))
     torch.set_num_threads(os.cpu_count() or 1)
     size = tuple(int(v) for v in args.size.lower().split("x"))
     results = {"views": args.views, "size": args.size, "scenes": []}
@@ -149,14 +150,7 @@ def main() -> None:
     print(text)
     Path(args.out).write_text(json.dumps(results, indent=1))
     if args.readme:
-        write_readme(text)
-
-
-def write_readme(text: str) -> None:
-    readme = ROOT / "README.md"
-    s = readme.read_text()
-    a, b = s.index("<!-- bench:scenes -->"), s.index("<!-- /bench:scenes -->")
-    readme.write_text(s[: a + len("<!-- bench:scenes -->")] + "\n" + text + "\n" + s[b:])
+        replace_table("scenes", text)
 
 
 if __name__ == "__main__":

@@ -232,11 +232,9 @@ def main() -> None:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=1))
     if args.readme:
-        readme = ROOT / "README.md"
-        s = readme.read_text()
-        a, b = "<!-- bench:weights -->", "<!-- /bench:weights -->"
-        s = s[: s.index(a) + len(a)] + "\n" + text + "\n" + s[s.index(b):]
-        readme.write_text(s)
+        from readme_table import replace_table
+
+        replace_table("weights", text)
 
 
 if __name__ == "__main__":
