@@ -37,3 +37,34 @@ def test_encoder_is_deterministic():
     x = golden_inputs()["bf16"]
     for codec, params in CODECS.items():
         assert codecs.encode(x, codec, threads=1, **params) == codecs.encode(x, codec, threads=2, **params)
+
+
+def test_golden_nested_and_incremental_checkpoints():
+    """A nested state dict (JSON tree) and a checkpoint of references into it."""
+    from golden.make_golden import golden_state
+
+    for name, step in (("v1_nested.nz", 1), ("v1_incremental.nz", 2)):
+        want, got = golden_state(step), nzip.load(HERE / name)
+        assert got["step"] == step and got["optim"]["groups"] == want["optim"]["groups"]
+        assert list(got["optim"]["state"]) == [0]
+        for a, b in ((got["model"]["w"], want["model"]["w"]), (got["model"]["b"], want["model"]["b"]),
+                     (got["optim"]["state"][0]["m"], want["optim"]["state"][0]["m"])):
+            assert same_bits(a, b)
+    with nzip.open(HERE / "v1_incremental.nz") as box:
+        assert box.is_ref("model.w") and not box.is_ref("model.b")
+        box.verify()
+
+
+def test_golden_scenes():
+    import numpy as np
+
+    from golden.make_golden import golden_scene
+    from nzip.scenes.codec import decode_scene
+
+    scene = golden_scene()
+    exact = decode_scene(HERE / "v1_scene_lossless.nzs")
+    medium = decode_scene(HERE / "v1_scene_medium.nzs")
+    expected = np.load(HERE / "v1_scene_medium_decoded.npz")
+    for field in ("positions", "sh_dc", "sh_rest", "opacity", "scales", "rotations"):
+        assert np.array_equal(getattr(exact, field), getattr(scene, field)), field
+        assert np.array_equal(getattr(medium, field), expected[field]), field

@@ -28,6 +28,46 @@ def golden_inputs() -> dict:
     }
 
 
+def golden_state(step: int) -> dict:
+    """A nested training state; step 2 changes only the bias (for the incremental file)."""
+    g = torch.Generator().manual_seed(99)
+    w = (torch.randn(64, 48, generator=g) * 0.02).to(torch.bfloat16)
+    b = torch.randn(48, generator=g) + (step - 1)
+    return {"model": {"w": w, "b": b}, "optim": {"state": {0: {"m": torch.randn(300, generator=g)}},
+                                                 "groups": [{"lr": 0.001, "betas": (0.9, 0.99)}]}, "step": step}
+
+
+def golden_scene():
+    """A small SH-degree-1 scene from fixed seeds."""
+    from nzip.scenes import Scene
+
+    rng = np.random.default_rng(7)
+    n = 600
+    return Scene(positions=rng.normal(size=(n, 3)).astype(np.float32),
+                 sh_dc=rng.normal(0, 0.5, (n, 3)).astype(np.float32),
+                 sh_rest=rng.normal(0, 0.05, (n, 3, 3)).astype(np.float32),
+                 opacity=rng.normal(0, 2, n).astype(np.float32),
+                 scales=rng.normal(-4, 0.5, (n, 3)).astype(np.float32),
+                 rotations=rng.normal(size=(n, 4)).astype(np.float32))
+
+
+def write_storage_and_scene_files() -> None:
+    """Golden files of the features added in nzip 0.2 (still format version 1): a nested
+    state dict and an incremental checkpoint referring to it, and .nzs scenes (the lossy
+    one with the values it decoded to when written)."""
+    from nzip import save
+    from nzip.scenes.codec import decode_scene, encode_scene
+
+    save(golden_state(1), HERE / "v1_nested.nz", threads=1)
+    save(golden_state(2), HERE / "v1_incremental.nz", base=HERE / "v1_nested.nz", threads=1)
+    scene = golden_scene()
+    encode_scene(scene, HERE / "v1_scene_lossless.nzs", level="lossless", overwrite=True, threads=1)
+    encode_scene(scene, HERE / "v1_scene_medium.nzs", level="medium", overwrite=True, threads=1)
+    back = decode_scene(HERE / "v1_scene_medium.nzs")
+    np.savez_compressed(HERE / "v1_scene_medium_decoded.npz", **{f: getattr(back, f) for f in
+                        ("positions", "sh_dc", "sh_rest", "opacity", "scales", "rotations")})
+
+
 def main() -> None:
     from nzip import codecs, save
 
@@ -38,6 +78,7 @@ def main() -> None:
     (HERE / "v1_np_f16_ans.nzf").write_bytes(codecs.encode(data["np_f16"], "ans", threads=1))
     save({k: v for k, v in data.items() if k != "np_f16"}, HERE / "v1_container.nz",
          metadata={"golden": "v1"}, threads=1)
+    write_storage_and_scene_files()
 
 
 if __name__ == "__main__":
