@@ -222,3 +222,20 @@ def test_unpack_checks_the_original_checksum(tmp_path):
         with pytest.raises(ChecksumError, match="original"):
             safetensors.unpack(box, tmp_path / "out.safetensors")
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_outputs_get_the_usual_permissions(tmp_path):
+    """Temporary files start private (0600); the finished output has what open() would give."""
+    import os
+    import stat
+
+    from nzip.formats.atomic import atomic_dir, atomic_write
+
+    umask = os.umask(0)
+    os.umask(umask)
+    with atomic_write(tmp_path / "f.bin") as f:
+        f.write(b"x")
+    with atomic_dir(tmp_path / "d") as d:
+        (d / "a").write_bytes(b"y")
+    assert stat.S_IMODE((tmp_path / "f.bin").stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o777 & ~umask

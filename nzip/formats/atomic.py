@@ -13,6 +13,10 @@ from pathlib import Path
 
 from ..errors import NzipError
 
+# mkstemp/mkdtemp create 0600/0700 entries; outputs get the modes open()/mkdir() would give
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, overwrite: bool = False):
@@ -22,6 +26,7 @@ def atomic_write(path: str | os.PathLike, overwrite: bool = False):
         raise NzipError(f"{path} already exists (use -f / overwrite=True to replace it)")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "w+b") as f:  # readable too: container.write may move its data
             yield f
             f.flush()
@@ -46,6 +51,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
+        os.chmod(tmp, 0o777 & ~_UMASK)
         yield tmp
         for f in tmp.iterdir():
             if f.is_file():
