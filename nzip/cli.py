@@ -9,6 +9,8 @@
     nzip pack scene.ply [--quality medium]  -> scene.nzs (Gaussian splats; .spz in too)
     nzip unpack scene.nzs [-o scene.spz]   -> scene.ply (or .spz)
     nzip scene-eval scene.ply scene.nzs    -> PSNR/SSIM of renders from 24 cameras
+    nzip pack photo.png [--quality 3]     -> photo.nzi (learned image codec, lossy)
+    nzip unpack photo.nzi [-o out.png]     -> out.png
     nzip info model.nz
     nzip verify model.nz | MODEL_DIR.nz
 """
@@ -27,6 +29,7 @@ from .codecs import available
 from .codecs.api import check_shape
 from .errors import NzipError
 from .formats import container, safetensors
+from .formats.atomic import atomic_write
 
 
 def _progress(args, total: int, desc: str):
@@ -59,6 +62,8 @@ def cmd_pack(args) -> None:
         return _pack_folder(args, src)
     if src.suffix.lower() in SCENE_SUFFIXES:
         return _pack_scene(args, src)
+    if src.suffix.lower() in IMAGE_SUFFIXES:
+        return _pack_image(args, src)
     dst = Path(args.output) if args.output else src.with_suffix(".nz")
     if dst.resolve() == src.resolve():
         raise NzipError("output would overwrite the input")
@@ -70,6 +75,56 @@ def cmd_pack(args) -> None:
 
 
 SCENE_SUFFIXES = (".ply", ".spz")
+SCENE_LEVELS = ("low", "medium", "high", "lossless")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
+
+
+def _read_image(path: Path):
+    try:
+        from PIL import Image
+    except ImportError:
+        raise NzipError("reading and writing images needs Pillow: pip install pillow") from None
+    import numpy as np
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except OSError as exc:
+        raise NzipError(f"{path}: not a readable image ({exc})") from None
+
+
+def _pack_image(args, src: Path) -> None:
+    from .codecs import encode, get
+
+    dst = Path(args.output) if args.output else src.with_suffix(".nzi")
+    quality = args.quality or "3"
+    if not quality.isdigit():
+        raise NzipError(f"--quality for images is one of {list(get('image-hyperprior').qualities)}, got {quality!r}")
+    t0 = time.perf_counter()
+    image = _read_image(src)
+    blob = encode(image, "image-hyperprior", quality=int(quality), model=args.model, threads=args.threads)
+    with atomic_write(dst, overwrite=args.force) as f:
+        f.write(blob)
+    h, w = image.shape[:2]
+    _say(args, f"{src} : {w}x{h}, quality {quality}: {len(blob) * 8 / (h * w):.3f} bits/pixel "
+               f"({src.stat().st_size} => {len(blob)} bytes, {dst}) in {time.perf_counter() - t0:.2f} s")
+
+
+def _unpack_image(args, src: Path) -> None:
+    from PIL import Image
+
+    from .codecs import decode
+
+    dst = Path(args.output) if args.output else src.with_suffix(".png")
+    if dst.suffix.lower() not in IMAGE_SUFFIXES:
+        raise NzipError(f"{dst}: an image unpacks to one of {', '.join(IMAGE_SUFFIXES)}")
+    t0 = time.perf_counter()
+    image = decode(src.read_bytes(), threads=args.threads)
+    if getattr(image, "ndim", 0) != 3 or image.shape[2] != 3 or image.dtype.name != "uint8":
+        raise NzipError(f"{src} does not hold an image")
+    with atomic_write(dst, overwrite=args.force) as f:
+        Image.fromarray(image).save(f, format=Image.registered_extensions()[dst.suffix.lower()])
+    _say(args, f"{src} : {image.shape[1]}x{image.shape[0]} -> {dst} in {time.perf_counter() - t0:.2f} s")
 
 
 def read_any_scene(path: Path):
@@ -89,9 +144,12 @@ def _pack_scene(args, src: Path) -> None:
         raise NzipError(f"{dst} already exists (use -f to replace it)")
     t0 = time.perf_counter()
     scene = read_scene(src)
-    report = encode_scene(scene, dst, level=args.quality, overwrite=args.force, threads=args.threads)
+    level = args.quality or "medium"
+    if level not in SCENE_LEVELS:
+        raise NzipError(f"--quality for scenes is one of {', '.join(SCENE_LEVELS)}, got {level!r}")
+    report = encode_scene(scene, dst, level=level, overwrite=args.force, threads=args.threads)
     a = src.stat().st_size
-    _say(args, f"{src} : {len(scene)} Gaussians, SH degree {scene.sh_degree}, level {args.quality}: "
+    _say(args, f"{src} : {len(scene)} Gaussians, SH degree {scene.sh_degree}, level {level}: "
                f"{a / report['bytes']:.1f}x smaller ({a} => {report['bytes']} bytes, "
                f"{report['bytes'] / len(scene):.1f} B/Gaussian, {report['kept']} kept) -> {dst} "
                f"in {time.perf_counter() - t0:.2f} s")
@@ -198,6 +256,8 @@ def cmd_unpack(args) -> None:
         return _unpack_dfloat11_folder(args, src)
     if src.suffix.lower() == ".nzs":
         return _unpack_scene(args, src)
+    if src.suffix.lower() == ".nzi":
+        return _unpack_image(args, src)
     with container.Container(src) as box:
         if args.output:
             dst = Path(args.output)
@@ -286,8 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "project's layout, loadable by the dfloat11 package")
     sp.add_argument("--codec", default="auto",
                     help=f"auto (per tensor, default) or one of: {', '.join(available())}; or a JSON config")
-    sp.add_argument("--quality", choices=("low", "medium", "high", "lossless"), default="medium",
-                    help="for Gaussian-splat scenes (.ply, .spz -> .nzs): the level (default medium)")
+    sp.add_argument("--quality", help="Gaussian-splat scenes (.ply, .spz -> .nzs): low, medium (default), "
+                                      "high or lossless; images (.png, .jpg -> .nzi): 1 (fewest bits) .. 6, default 3")
+    sp.add_argument("--model", default="mbt2018-mean",
+                    help="images: the learned model, mbt2018-mean (default) or bmshj2018-hyperprior")
     common(sp)
     sp.set_defaults(func=cmd_pack)
 

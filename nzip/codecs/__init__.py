@@ -6,6 +6,7 @@
 """
 
 from . import ans, dfloat11, planes, raw, zstd  # noqa: F401  (registers the built-in codecs)
+from ..features import image_codec  # noqa: F401, E402  (the learned image codec)
 from .api import decode, decode_many, encode
 from .registry import Codec, available, get, register
 

@@ -21,14 +21,16 @@ MAX_DECODED_BYTES = 1 << 42
 def encode_with(codec: Codec, obj, threads: int = 0) -> bytes:
     raw, dtype, shape, kind = to_bytes(obj)
     codec.check_dtype(dtype)
-    payload = codec.encode_payload(raw, dtype, resolve_threads(threads))
+    extra = {"shape": shape} if codec.takes_shape else {}
+    payload = codec.encode_payload(raw, dtype, resolve_threads(threads), **extra)
     header = {
         "codec": codec.get_config(),
         "dtype": dtype.name,
         "shape": list(shape),
         "kind": kind,
-        "raw_xxh3": f"{xxh3(raw):016x}",
     }
+    if not codec.lossy:  # what verify=True checks the decoded bytes against
+        header["raw_xxh3"] = f"{xxh3(raw):016x}"
     return frame_format.pack(header, payload)
 
 

@@ -43,6 +43,10 @@ class Codec:
     max_expansion: ClassVar[int] = 1 << 17
     # whether decode_payload takes `out` (every built-in codec does)
     accepts_out: ClassVar[bool] = True
+    # lossy codecs decode to an approximation: frames then carry no checksum of the input
+    lossy: ClassVar[bool] = False
+    # whether encode_payload needs the array's shape (images: shape=(H, W, 3))
+    takes_shape: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:
         unknown = set(params) - set(self.params)
