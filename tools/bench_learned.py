@@ -167,7 +167,12 @@ def main(argv=None) -> None:
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "learned_images.json")
     ap.add_argument("--plot", type=Path, default=ROOT / "bench" / "results" / "kodak_rd.png")
     ap.add_argument("--readme", action="store_true", help="write the table into README.md")
+    ap.add_argument("--readme-from", type=Path, help="write the README table of an earlier run's JSON, measure nothing")
     args = ap.parse_args(argv)
+    if args.readme_from:
+        from readme_table import replace_table
+
+        return replace_table("learned-images", table(json.loads(args.readme_from.read_text())))
     from PIL import Image
 
     files = sorted(KODAK.glob("kodim*.png"))[: args.images]

@@ -35,12 +35,25 @@ from nzip.features import image_models  # noqa: E402
 
 
 def load_images(folder: Path, device) -> list[torch.Tensor]:
+    """C x H x W float16 tensors in [0, 1]."""
     from PIL import Image
 
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if not files:
         raise SystemExit(f"no images under {folder}")
-    return [torch.from_numpy(np.asarray(Image.open(f).convert("RGB"))).to(device).permute(2, 0, 1) for f in files]
+    return [torch.from_numpy(np.array(Image.open(f).convert("RGB"))).to(device).permute(2, 0, 1).half() / 255
+            for f in files]
+
+
+def load_features(path: Path, device) -> tuple[list[torch.Tensor], tuple[float, float]]:
+    """The feature codec's training frame: hidden states (tokens x channels, from
+    tools/feature_data.py) truncated and scaled to [0, 1] as the codec does, one channel."""
+    from nzip.features import feature_codec
+
+    x = np.load(path)["features"].astype(np.float32)
+    lo, hi = feature_codec.truncation_range(x)
+    frame = feature_codec.to_unit(torch.from_numpy(x), lo, hi)
+    return [frame[None].to(device).half()], (lo, hi)
 
 
 def batch(images: list[torch.Tensor], size: int, crop: int, gen: torch.Generator) -> torch.Tensor:
@@ -57,7 +70,7 @@ def batch(images: list[torch.Tensor], size: int, crop: int, gen: torch.Generator
         if flips[1]:
             patch = patch.flip(1)
         out.append(patch)
-    return torch.stack(out).float().div_(255)
+    return torch.stack(out).float()
 
 
 def rd_loss(out: dict, x: torch.Tensor, lmbda: float):
@@ -74,12 +87,12 @@ def load_nz(path: Path) -> dict:
     return {k: v.float() if v.is_floating_point() else v for k, v in nzip.load(path).items()}
 
 
-def prior_steps(folder: Path | None, arch: str) -> int:
+def prior_steps(folder: Path | None, name: str) -> int:
     if folder is None:
         return 0
     import nzip
 
-    with nzip.open(folder / f"{arch}.nz") as box:
+    with nzip.open(folder / f"{name}.nz") as box:
         meta = box.metadata()
     return int(meta.get("steps", 0)) + int(meta.get("resumed_from_steps", 0))
 
@@ -96,8 +109,11 @@ def export(model, arch: str, path: Path, info: dict) -> None:
     # parameters as float16; buffers (bounds such as 1e-9, CDF tables) exactly as they are
     params = {name for name, _ in model.named_parameters()}
     state = {k: v.half() if k in params else v for k, v in model.state_dict().items()}
-    nzip.save(state, path, metadata={"arch": arch, "n": image_models.N, "m": image_models.M,
-                                     "lambdas": list(image_models.LAMBDAS), **info})
+    nzip.save(state, path, metadata={"arch": arch, "n": image_models.N, "m": image_models.M, **info})
+
+
+def weights_name(args) -> str:
+    return "feature-hyperprior" if args.features else args.arch
 
 
 @torch.no_grad()
@@ -111,7 +127,7 @@ def kodak_estimate(model, folder: Path, device) -> list[tuple[int, float, float]
     for q in range(1, len(image_models.LAMBDAS) + 1):
         bpps, psnrs = [], []
         for img in images:
-            x = img[None].float() / 255
+            x = img[None].float()
             h, w = x.shape[2:]
             padded = torch.nn.functional.pad(x, (0, -w % 64, 0, -h % 64), mode="replicate")
             out = model(padded, stage=2, s=q - 1)
@@ -129,7 +145,8 @@ def kodak_estimate(model, folder: Path, device) -> list[tuple[int, float, float]
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", choices=sorted(image_models.ARCHS), required=True)
-    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--data", type=Path, help="a folder of training images")
+    ap.add_argument("--features", type=Path, help="train the one-channel feature model on these hidden states instead")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--minutes", type=float, default=9.0)
     ap.add_argument("--stage1", type=float, default=0.35, help="fraction of the time in stage 1 (0 when resuming)")
@@ -137,6 +154,8 @@ def main(argv=None) -> None:
     ap.add_argument("--kodak", type=Path)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--lambda-scale", type=float, default=1.0,
+                    help="multiply every quality's lambda (the feature model trains at 8: its downstream use needs higher rates)")
     ap.add_argument("--seed", type=int, default=0, help="crop order (give each resumed run its own)")
     args = ap.parse_args(argv)
 
@@ -147,11 +166,19 @@ def main(argv=None) -> None:
     gen = torch.Generator().manual_seed(args.seed)
     torch.manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
-    images = load_images(args.data, device)
-    model = image_models.build(args.arch)
+    name = weights_name(args)
+    extra = {}
+    if args.features:
+        images, (lo, hi) = load_features(args.features, device)
+        extra = {"channels": 1, "truncation": [lo, hi]}
+        crop = 128
+    else:
+        images, crop = load_images(args.data, device), 256
+    model = image_models.build(args.arch, channels=extra.get("channels", 3))
     if args.resume:
-        model.load_state_dict(load_nz(args.resume / f"{args.arch}.nz"))
+        model.load_state_dict(load_nz(args.resume / f"{name}.nz"))
     model.to(device).train()
+    lambdas = [lam * args.lambda_scale for lam in image_models.LAMBDAS]
     main_params = [p for n, p in model.named_parameters() if not n.endswith(".quantiles") and p.requires_grad]
     aux_params = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
     opt = torch.optim.Adam(main_params, lr=args.lr)
@@ -167,9 +194,9 @@ def main(argv=None) -> None:
         for g in opt.param_groups:
             g["lr"] = args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t2))) if stage == 2 else args.lr
         q = len(image_models.LAMBDAS) - 1 if stage == 1 else int(torch.randint(len(image_models.LAMBDAS), (1,), generator=gen))
-        x = batch(images, args.batch, 256, gen)
+        x = batch(images, args.batch, crop, gen)
         out = model(x, stage=stage, s=q)
-        loss, bpp, mse = rd_loss(out, x, image_models.LAMBDAS[q])
+        loss, bpp, mse = rd_loss(out, x, lambdas[q])
         opt.zero_grad(set_to_none=True)
         aux_opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -185,10 +212,10 @@ def main(argv=None) -> None:
             print(line, flush=True)
             log.append(line)
     info = {"steps": step, "minutes": args.minutes, "batch": args.batch, "lr": args.lr,
-            "resumed_from_steps": prior_steps(args.resume, args.arch)}
-    export(model, args.arch, args.out / f"{args.arch}.nz", info)
-    print(f"{args.arch}: {step} steps in {time.monotonic() - start:.0f} s", flush=True)
-    if args.kodak:
+            "resumed_from_steps": prior_steps(args.resume, name), "lambdas": lambdas, **extra}
+    export(model, args.arch, args.out / f"{name}.nz", info)
+    print(f"{name}: {step} steps in {time.monotonic() - start:.0f} s", flush=True)
+    if args.kodak and not args.features:
         for q, bpp, psnr in kodak_estimate(image_models.ImageModel(args.arch, args.out / f"{args.arch}.nz").model.to(device), args.kodak, device):
             print(f"{args.arch} kodak q{q}: {bpp:.3f} bpp {psnr:.2f} dB", flush=True)
 

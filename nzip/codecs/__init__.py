@@ -6,7 +6,7 @@
 """
 
 from . import ans, dfloat11, planes, raw, zstd  # noqa: F401  (registers the built-in codecs)
-from ..features import image_codec  # noqa: F401, E402  (the learned image codec)
+from ..features import feature_codec, gear, image_codec  # noqa: F401, E402  (lossy: features, images)
 from .api import decode, decode_many, encode
 from .registry import Codec, available, get, register
 

@@ -68,7 +68,10 @@ class ImageHyperprior(Codec):
         image = data.reshape(shape)
         padded = np.pad(image, ((0, -h % image_models.PAD), (0, -w % image_models.PAD), (0, 0)), mode="edge")
         model = image_models.get_model(self.model)
-        coded = model.compress(padded, self.quality)
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(padded)).permute(2, 0, 1)[None].float().div_(255)
+        coded = model.compress(x, self.quality)
         header = _HEADER.pack(MAGIC, bytes.fromhex(model.weights_id), h, w, *coded.z_shape, len(coded.z))
         return header + coded.z + coded.y
 

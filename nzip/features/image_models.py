@@ -38,8 +38,9 @@ DEFAULT_ARCH = "mbt2018-mean"
 PAD = 64  # the analysis transform downsamples by 64 (16 for y, 4 more for z)
 
 
-def build(arch: str):
-    """A fresh (untrained) model of an architecture, configured with nzip's qualities."""
+def build(arch: str, channels: int = 3):
+    """A fresh (untrained) model of an architecture, configured with nzip's qualities;
+    channels=1 makes the one-channel model of the feature codec (FCM-LM's setting)."""
     import torch
 
     if arch not in ARCHS:
@@ -48,14 +49,19 @@ def build(arch: str):
     from compressai.models import vbr
 
     model = getattr(vbr, ARCHS[arch])(N=N, M=M)
+    if channels != 3:
+        from compressai.models.utils import conv, deconv
+
+        model.g_a[0] = conv(channels, N)
+        model.g_s[-1] = deconv(N, channels)
     model.lmbda = list(LAMBDAS)
     model.levels = len(LAMBDAS)
     model.Gain = torch.nn.Parameter(torch.tensor(GAINS, dtype=torch.float32), requires_grad=False)
     return model
 
 
-def weights_path(arch: str) -> Path:
-    return WEIGHTS_DIR / f"{arch}.nz"
+def weights_path(name: str) -> Path:
+    return WEIGHTS_DIR / f"{name}.nz"
 
 
 def trained_archs() -> list[str]:
@@ -99,10 +105,11 @@ class ImageModel:
         self.weights_id = f"{xxh3(path.read_bytes()):016x}"
         if meta.get("arch") != arch:
             raise NzipError(f"{path} holds weights of {meta.get('arch')!r}, not {arch!r}")
+        self.meta = meta
         state = checkpoint.load(path)
         self.arch = arch
         self.mean = arch == "mbt2018-mean"
-        model = build(arch)
+        model = build(arch, channels=int(meta.get("channels", 3)))
         # load_state_dict with the stored CDF tables: CompressAI's loader resizes its
         # entropy-coder buffers to the stored ones (never recomputed, see the module doc)
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
@@ -158,13 +165,13 @@ class ImageModel:
         return (signs * (magnitude + offsets) + means) / gain
 
     @torch_inference
-    def compress(self, image: np.ndarray, quality: int, device=None) -> Coded:
-        """image: H x W x 3 uint8 (already padded to a multiple of PAD)."""
+    def compress(self, x, quality: int, device=None) -> Coded:
+        """x: 1 x C x H x W float tensor in [0, 1], H and W multiples of PAD."""
         import torch
 
         self.check_quality(quality)
         device = torch.device(device or "cpu")
-        x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float().div_(255)
+        x = x.to(device, torch.float32)
         # the analysis side may run in float32 anywhere: only the decoder must be exact
         y = self.on_device("g_a", device, torch.float32)(x)
         z = self.on_device("h_a", device, torch.float32)(y if self.mean else y.abs()).cpu()
@@ -204,9 +211,10 @@ _models: dict[str, ImageModel] = {}
 _models_lock = threading.Lock()
 
 
-def get_model(arch: str) -> ImageModel:
-    """The shipped model of an architecture, loaded once per process."""
+def get_model(arch: str, name: str | None = None) -> ImageModel:
+    """A shipped model (weights file `name`, default the architecture's), loaded once."""
+    name = name or arch
     with _models_lock:
-        if arch not in _models:
-            _models[arch] = ImageModel(arch)
-        return _models[arch]
+        if name not in _models:
+            _models[name] = ImageModel(arch, weights_path(name))
+        return _models[name]
