@@ -68,6 +68,32 @@ def write_storage_and_scene_files() -> None:
                         ("positions", "sh_dc", "sh_rest", "opacity", "scales", "rotations")})
 
 
+def golden_image():
+    """A 70 x 90 crop of Kodak's kodim23 (../shared/data/kodak)."""
+    from PIL import Image
+
+    kodak = Path(__file__).resolve().parents[3] / "shared" / "data" / "kodak" / "kodim23.png"
+    return np.asarray(Image.open(kodak).convert("RGB"))[200:270, 300:390].copy()
+
+
+def write_lossy_files() -> None:
+    """Golden frames of the lossy codecs with what they decoded to when written: they pin
+    the payload layouts, and (image, features) the shipped weights and the determinism of
+    decoding. New weights make new payloads: these then fail by design (the payload names
+    its weights), and the files must be rewritten."""
+    from nzip import codecs
+
+    image = codecs.encode(golden_image(), "image-hyperprior", quality=2)
+    g = torch.Generator().manual_seed(3)
+    features = torch.randn(70, 96, generator=g) * 0.4
+    gear = codecs.encode(features, "gear", bits=3, rank=2, threads=1)
+    feature = codecs.encode(features, "feature-hyperprior", quality=4)
+    for name, blob in (("image", image), ("gear", gear), ("feature", feature)):
+        (HERE / f"v1_{name}.nzf").write_bytes(blob)
+    np.savez_compressed(HERE / "v1_lossy_decoded.npz", image=codecs.decode(image),
+                        gear=codecs.decode(gear).numpy(), feature=codecs.decode(feature).numpy())
+
+
 def main() -> None:
     from nzip import codecs, save
 
@@ -79,6 +105,7 @@ def main() -> None:
     save({k: v for k, v in data.items() if k != "np_f16"}, HERE / "v1_container.nz",
          metadata={"golden": "v1"}, threads=1)
     write_storage_and_scene_files()
+    write_lossy_files()
 
 
 if __name__ == "__main__":
