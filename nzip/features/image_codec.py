@@ -97,9 +97,11 @@ class ImageHyperprior(Codec):
         return model, coded, h, w
 
     def _decode(self, payload, count: int, device):
+        import torch
+
         model, coded, h, w = self._parse(payload, count)
         x = model.decompress(coded, self.quality, device=device)
-        return x[0, :, :h, :w].permute(1, 2, 0).mul(255).round_().to(dtype=__import__("torch").uint8)
+        return x[0, :, :h, :w].permute(1, 2, 0).mul(255).round_().to(torch.uint8)
 
     def decode_payload(self, payload, dtype: DType, count: int, threads: int, out=None) -> np.ndarray:
         flat = self._decode(payload, count, "cpu").reshape(-1).numpy()
