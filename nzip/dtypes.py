@@ -121,3 +121,28 @@ def from_bytes(raw: np.ndarray, dtype: DType, shape: tuple[int, ...], kind: str,
     if dtype.name in _NUMPY_NAMES:
         return raw.view(np.dtype(dtype.name)).reshape(shape)
     return raw.view(_UINT_OF_SIZE[dtype.itemsize]).reshape(shape)
+
+
+def float32_values(data: np.ndarray, dtype: DType) -> np.ndarray:
+    """The values of raw float32, float16 or bfloat16 bytes, as a new float32 array (what
+    lossy codecs compute on)."""
+    if dtype.name == "float32":
+        return data.view(np.float32).astype(np.float32)
+    if dtype.name == "float16":
+        return data.view(np.float16).astype(np.float32)
+    # bfloat16: the high half of a float32
+    return (data.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+def float32_to_bytes(x: np.ndarray, dtype: DType) -> np.ndarray:
+    """float32 values as the raw bytes of float32, float16 or bfloat16 (rounded to nearest
+    even; NaN stays NaN)."""
+    if dtype.name == "float32":
+        return x.astype(np.float32).view(np.uint8)
+    if dtype.name == "float16":
+        return x.astype(np.float16).view(np.uint8)
+    bits = x.astype(np.float32).view(np.uint32)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16  # round to nearest even
+    nan = np.isnan(x)
+    rounded[nan] = 0x7FC0
+    return rounded.astype(np.uint16).view(np.uint8)

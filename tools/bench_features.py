@@ -71,7 +71,8 @@ def main(argv=None) -> None:
         sq = 0.0
         decoded, enc_s, dec_s = [], 0.0, 0.0
         for chunk in chunks:
-            x = torch.from_numpy(np.concatenate(chunk))
+            original = np.concatenate(chunk)
+            x = torch.from_numpy(original)
             if codec == "zstd":
                 x = x.half()
             t0 = time.perf_counter()
@@ -82,7 +83,7 @@ def main(argv=None) -> None:
             enc_s += t1 - t0
             bits += len(blob) * 8
             values += x.numel()
-            sq += float(((y - np.concatenate(chunk)) ** 2).sum())
+            sq += float(((y - original) ** 2).sum())
             lengths = np.cumsum([len(c) for c in chunk])[:-1]
             decoded += np.split(y, lengths)
         emb = feature_data.pooled(decoded)

@@ -12,10 +12,10 @@ rows x D matrix; a feature map (N, C, H, W) is a mosaic, each map's C channels t
 grid of ceil(sqrt(C)) columns, the N mosaics stacked. The coded frame is padded (edges
 repeated) to a multiple of 64 and cropped back on decode.
 
-Payload: magic b"NZF\\x01", 8 bytes identity of the weights, u32 frame height and width,
-u16 hyper-latent height and width, u32 length Z of the hyper-latent stream, u8 number of
-dimensions and u64 each (the tensor's shape, for unpacking), Z bytes of hyper-latent
-stream, then the latent stream.
+Payload: the learned codecs' common header (nzip.features.image_models: magic
+b"NZF\\x01", the weights' identity, frame and hyper-latent sizes, length Z of the
+hyper-latent stream), then u8 number of dimensions and u64 each (the tensor's shape, for
+unpacking), Z bytes of hyper-latent stream, then the latent stream.
 """
 
 from __future__ import annotations
@@ -27,13 +27,11 @@ from typing import ClassVar
 import numpy as np
 
 from ..codecs.registry import Codec, register
-from ..dtypes import DType
-from ..errors import BadParameterError, CorruptDataError, FormatError
+from ..dtypes import DType, float32_to_bytes, float32_values
+from ..errors import BadParameterError, CorruptDataError
 from . import image_models
-from .gear import _as_float32, _from_float32
 
 MAGIC = b"NZF\x01"
-_HEADER = struct.Struct("<4s8sIIHHI")
 WEIGHTS = "feature-hyperprior"
 ARCH = "bmshj2018-hyperprior"
 MAX_SIDE = 1 << 16
@@ -50,23 +48,36 @@ def to_unit(x, lo: float, hi: float):
     return (x.clamp(lo, hi) - lo) / (hi - lo)
 
 
+def _grid(channels: int) -> tuple[int, int]:
+    """(rows, columns) of the mosaic of `channels` maps."""
+    cols = math.ceil(math.sqrt(channels))
+    return math.ceil(channels / cols), cols
+
+
+def frame_shape(shape: tuple) -> tuple[int, int]:
+    """(height, width) of the 2-D frame a tensor of this shape packs into."""
+    if len(shape) == 4:
+        n, c, h, w = shape
+        rows, cols = _grid(c)
+        return n * rows * h, cols * w
+    return math.prod(shape[:-1]), shape[-1]
+
+
 def pack(x: np.ndarray, shape: tuple) -> np.ndarray:
     """The 2-D frame of a feature tensor (module docstring)."""
     if len(shape) == 4:
         n, c, h, w = shape
-        cols = math.ceil(math.sqrt(c))
-        rows = math.ceil(c / cols)
+        rows, cols = _grid(c)
         maps = np.zeros((n, rows * cols, h, w), np.float32)
         maps[:, :c] = x.reshape(shape)
-        return maps.reshape(n, rows, cols, h, w).transpose(0, 1, 3, 2, 4).reshape(n * rows * h, cols * w)
-    return x.reshape(-1, shape[-1])
+        return maps.reshape(n, rows, cols, h, w).transpose(0, 1, 3, 2, 4).reshape(frame_shape(shape))
+    return x.reshape(frame_shape(shape))
 
 
 def unpack(frame: np.ndarray, shape: tuple) -> np.ndarray:
     if len(shape) == 4:
         n, c, h, w = shape
-        cols = math.ceil(math.sqrt(c))
-        rows = math.ceil(c / cols)
+        rows, cols = _grid(c)
         maps = frame.reshape(n, rows, h, cols, w).transpose(0, 1, 3, 2, 4).reshape(n, rows * cols, h, w)
         return np.ascontiguousarray(maps[:, :c])
     return frame
@@ -96,7 +107,7 @@ class FeatureHyperprior(Codec):
 
         if len(shape) < 2 or 0 in shape:
             raise BadParameterError(f"{self.codec_id}: takes a non-empty T x D or N x C x H x W tensor, got shape {tuple(shape)}")
-        x = _as_float32(data, dtype)
+        x = float32_values(data, dtype)
         if not np.isfinite(x).all():
             raise BadParameterError(f"{self.codec_id}: the tensor holds NaN or infinity")
         frame = pack(x, tuple(shape))
@@ -108,38 +119,26 @@ class FeatureHyperprior(Codec):
         pad = image_models.PAD
         padded = np.pad(frame, ((0, -h % pad), (0, -w % pad)), mode="edge")
         coded = model.compress(to_unit(torch.from_numpy(padded), lo, hi)[None, None], self.quality)
-        head = _HEADER.pack(MAGIC, bytes.fromhex(model.weights_id), h, w, *coded.z_shape, len(coded.z))
         dims = struct.pack(f"<B{len(shape)}Q", len(shape), *shape)
-        return head + dims + coded.z + coded.y
+        return image_models.write_payload(MAGIC, model, h, w, coded, dims)
 
     def decode_payload(self, payload, dtype: DType, count: int, threads: int, out=None) -> np.ndarray:
         payload = bytes(payload)
-        if len(payload) < _HEADER.size:
-            raise CorruptDataError(f"{self.codec_id}: payload of {len(payload)} bytes is truncated")
-        magic, weights, h, w, zh, zw, zlen = _HEADER.unpack_from(payload)
-        if magic != MAGIC:
-            raise FormatError(f"{self.codec_id}: not a feature payload of a layout this nzip reads")
         model = self.model()
-        if weights.hex() != model.weights_id:
-            raise CorruptDataError(f"{self.codec_id}: encoded with other weights ({weights.hex()}); "
-                                   f"this nzip has {model.weights_id}")
-        at = _HEADER.size
+        h, w, z_shape, zlen, at = image_models.read_payload(payload, MAGIC, model, self.codec_id, "feature")
         ndim = payload[at] if len(payload) > at else 0
         at += 1
         if not 2 <= ndim <= 64 or at + 8 * ndim > len(payload):
             raise CorruptDataError(f"{self.codec_id}: payload header is corrupt")
         shape = struct.unpack_from(f"<{ndim}Q", payload, at)
         at += 8 * ndim
-        pad = image_models.PAD
-        expected = pack(np.zeros(0, np.float32), shape).shape if ndim != 4 else None
-        if (math.prod(shape) != count or h > MAX_SIDE or w > MAX_SIDE or zh != -(-h // pad) or zw != -(-w // pad)
-                or at + zlen > len(payload) or (expected is not None and expected[1] != w) or h * w < count):
+        if math.prod(shape) != count or h > MAX_SIDE or w > MAX_SIDE or (h, w) != frame_shape(shape):
             raise CorruptDataError(f"{self.codec_id}: payload header does not match the frame (corrupt)")
-        coded = image_models.Coded(payload[at:at + zlen], payload[at + zlen:], (zh, zw))
+        coded = image_models.coded_at(payload, at, zlen, z_shape, self.codec_id)
         lo, hi = model.meta["truncation"]
         unit = model.decompress(coded, self.quality)[0, 0, :h, :w].numpy()
         flat = unpack(unit * (hi - lo) + lo, shape).reshape(-1)
-        raw = _from_float32(flat.astype(np.float32), dtype).reshape(-1)
+        raw = float32_to_bytes(flat.astype(np.float32), dtype).reshape(-1)
         if out is None:
             return raw.copy()
         out[:] = raw

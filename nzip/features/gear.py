@@ -29,32 +29,11 @@ import numpy as np
 
 from ..codecs.entropy import zstd
 from ..codecs.registry import Codec, register
-from ..dtypes import DType
+from ..dtypes import DType, float32_to_bytes, float32_values
 from ..errors import BadParameterError, CorruptDataError
 
 _HEAD = struct.Struct("<BQQQI")
 VERSION = 1
-
-
-def _as_float32(data: np.ndarray, dtype: DType) -> np.ndarray:
-    if dtype.name == "float32":
-        return data.view(np.float32).astype(np.float32)
-    if dtype.name == "float16":
-        return data.view(np.float16).astype(np.float32)
-    # bfloat16: the high half of a float32
-    return (data.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
-
-
-def _from_float32(x: np.ndarray, dtype: DType) -> np.ndarray:
-    if dtype.name == "float32":
-        return x.astype(np.float32).view(np.uint8)
-    if dtype.name == "float16":
-        return x.astype(np.float16).view(np.uint8)
-    bits = x.astype(np.float32).view(np.uint32)
-    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16  # round to nearest even
-    nan = np.isnan(x)
-    rounded[nan] = 0x7FC0
-    return rounded.astype(np.uint16).view(np.uint8)
 
 
 def low_rank(residual: np.ndarray, rank: int, iterations: int = 3, seed: int = 0):
@@ -89,7 +68,7 @@ class Gear(Codec):
 
     def encode_payload(self, data: np.ndarray, dtype: DType, threads: int, shape: tuple = ()) -> bytes:
         cols = int(shape[-1]) if len(shape) else 1
-        x = _as_float32(data, dtype)
+        x = float32_values(data, dtype)
         rows = x.size // cols if cols else 0
         x = x.reshape(rows, cols)
         if not np.isfinite(x).all():
@@ -153,7 +132,7 @@ class Gear(Codec):
             raise CorruptDataError("gear: outlier positions are corrupt")
         flat = np.ascontiguousarray(x, np.float32).reshape(-1)
         flat[positions] = parts[4].view(np.float16).astype(np.float32)
-        raw = _from_float32(flat, dtype).reshape(-1)
+        raw = float32_to_bytes(flat, dtype).reshape(-1)
         if out is None:
             return raw.copy()
         out[:] = raw

@@ -22,18 +22,16 @@ crops back to the recorded size, so any size round-trips.
 
 from __future__ import annotations
 
-import struct
 from typing import ClassVar
 
 import numpy as np
 
 from ..codecs.registry import Codec, register
 from ..dtypes import DType
-from ..errors import BadParameterError, CorruptDataError, FormatError
+from ..errors import BadParameterError, CorruptDataError
 from . import image_models
 
 MAGIC = b"NZI\x01"
-_HEADER = struct.Struct("<4s8sIIHHI")
 MAX_SIDE = 1 << 15  # 32768 px: far beyond what a CPU decodes in reasonable time
 
 
@@ -72,28 +70,16 @@ class ImageHyperprior(Codec):
 
         x = torch.from_numpy(np.ascontiguousarray(padded)).permute(2, 0, 1)[None].float().div_(255)
         coded = model.compress(x, self.quality)
-        header = _HEADER.pack(MAGIC, bytes.fromhex(model.weights_id), h, w, *coded.z_shape, len(coded.z))
-        return header + coded.z + coded.y
+        return image_models.write_payload(MAGIC, model, h, w, coded)
 
     # -- decode ------------------------------------------------------------------------
     def _parse(self, payload, count: int):
         payload = bytes(payload)
-        if len(payload) < _HEADER.size:
-            raise CorruptDataError(f"{self.codec_id}: payload of {len(payload)} bytes is truncated")
-        magic, weights, h, w, zh, zw, zlen = _HEADER.unpack_from(payload)
-        if magic[:3] != MAGIC[:3]:
-            raise FormatError(f"{self.codec_id}: not an nzip image payload")
-        if magic != MAGIC:
-            raise FormatError(f"{self.codec_id}: payload layout version {magic[3]} is newer than this nzip reads")
         model = image_models.get_model(self.model)
-        if weights.hex() != model.weights_id:
-            raise CorruptDataError(f"{self.codec_id}: encoded with other {self.model} weights ({weights.hex()}); "
-                                   f"this nzip has {model.weights_id}")
-        pad = image_models.PAD
-        if (h * w * 3 != count or not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE)
-                or zh != -(-h // pad) or zw != -(-w // pad) or _HEADER.size + zlen > len(payload)):
+        h, w, z_shape, zlen, at = image_models.read_payload(payload, MAGIC, model, self.codec_id, "image", self.model)
+        if h * w * 3 != count or not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
             raise CorruptDataError(f"{self.codec_id}: payload header does not match the frame (corrupt)")
-        coded = image_models.Coded(payload[_HEADER.size:_HEADER.size + zlen], payload[_HEADER.size + zlen:], (zh, zw))
+        coded = image_models.coded_at(payload, at, zlen, z_shape, self.codec_id)
         return model, coded, h, w
 
     def _decode(self, payload, count: int, device):

@@ -16,13 +16,13 @@ the synthesis transform also runs in float64, so CPU and GPU decodes give the sa
 
 from __future__ import annotations
 
+import copy
+import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from ..errors import BadParameterError, CorruptDataError, NzipError
+from ..errors import BadParameterError, CorruptDataError, FormatError, NzipError
 from ..formats.checksum import xxh3
 from . import compressai_loader
 
@@ -62,10 +62,6 @@ def build(arch: str, channels: int = 3):
 
 def weights_path(name: str) -> Path:
     return WEIGHTS_DIR / f"{name}.nz"
-
-
-def trained_archs() -> list[str]:
-    return [a for a in ARCHS if weights_path(a).exists()]
 
 
 def torch_inference(fn):
@@ -130,7 +126,7 @@ class ImageModel:
         key = (part, str(torch.device(device)), dtype)
         with self._lock:
             if key not in self._on_device:
-                self._on_device[key] = _copy(getattr(self.model, part)).to(device, dtype)
+                self._on_device[key] = copy.deepcopy(getattr(self.model, part)).to(device, dtype)
             return self._on_device[key]
 
     def check_quality(self, quality: int) -> None:
@@ -201,10 +197,43 @@ class ImageModel:
         return self.on_device("g_s", device, torch.float64)(y_hat.to(device)).clamp_(0, 1)
 
 
-def _copy(module):
-    import copy
+# The learned codecs' payloads begin alike: magic (its last byte the layout's version),
+# the weights' identity (8 bytes), u32 frame height and width, u16 hyper-latent height and
+# width, u32 length Z of the hyper-latent stream; then the codec's own fields, Z bytes of
+# hyper-latent stream and the latent stream.
+_HEADER = struct.Struct("<4s8sIIHHI")
 
-    return copy.deepcopy(module)
+
+def write_payload(magic: bytes, model: ImageModel, h: int, w: int, coded: Coded, fields: bytes = b"") -> bytes:
+    head = _HEADER.pack(magic, bytes.fromhex(model.weights_id), h, w, *coded.z_shape, len(coded.z))
+    return head + fields + coded.z + coded.y
+
+
+def read_payload(payload: bytes, magic: bytes, model: ImageModel, codec_id: str, kind: str,
+                 weights_label: str = "") -> tuple[int, int, tuple[int, int], int, int]:
+    """Check a payload's common header against `magic` and the model's weights: returns
+    (frame height, width, hyper-latent shape, Z, offset of the codec's own fields)."""
+    if len(payload) < _HEADER.size:
+        raise CorruptDataError(f"{codec_id}: payload of {len(payload)} bytes is truncated")
+    found, weights, h, w, zh, zw, zlen = _HEADER.unpack_from(payload)
+    if found[:3] != magic[:3]:
+        raise FormatError(f"{codec_id}: not an nzip {kind} payload")
+    if found != magic:
+        raise FormatError(f"{codec_id}: payload layout version {found[3]} is newer than this nzip reads")
+    if weights.hex() != model.weights_id:
+        label = f"{weights_label} " if weights_label else ""
+        raise CorruptDataError(f"{codec_id}: encoded with other {label}weights ({weights.hex()}); "
+                               f"this nzip has {model.weights_id}")
+    if zh != -(-h // PAD) or zw != -(-w // PAD):
+        raise CorruptDataError(f"{codec_id}: payload header does not match the frame (corrupt)")
+    return h, w, (zh, zw), zlen, _HEADER.size
+
+
+def coded_at(payload: bytes, at: int, zlen: int, z_shape: tuple[int, int], codec_id: str) -> Coded:
+    """The two streams that follow a payload's fields at offset `at`."""
+    if at + zlen > len(payload):
+        raise CorruptDataError(f"{codec_id}: payload header does not match the frame (corrupt)")
+    return Coded(payload[at:at + zlen], payload[at + zlen:], z_shape)
 
 
 _models: dict[str, ImageModel] = {}
