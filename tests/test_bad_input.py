@@ -118,3 +118,17 @@ def test_header_lies_are_caught():
 def test_errors_are_value_errors():
     for cls in (ChecksumError, TruncatedError, FormatError):
         assert issubclass(cls, ValueError)
+
+
+def test_containers_refuse_lossy_codecs(tmp_path):
+    """save/pack/DCP store tensors bit-exact: a lossy codec is refused up front, instead of
+    writing a file whose tensors then fail their checksums as if corrupted."""
+    import torch
+
+    import nzip
+    from nzip.errors import BadParameterError
+
+    for codec in ("gear", {"id": "gear", "bits": 8}):
+        with pytest.raises(BadParameterError, match="lossy"):
+            nzip.save({"w": torch.randn(64, 32)}, tmp_path / "lossy.nz", codec=codec)
+        assert not (tmp_path / "lossy.nz").exists()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..dtypes import DType
+from ..errors import BadParameterError
 from .registry import Codec, get
 
 TINY_BYTES = 1024
@@ -63,9 +64,15 @@ def choose(dtype: DType, raw: np.ndarray | None = None, nbytes: int | None = Non
 
 def resolve(codec, dtype: DType, raw_or_nbytes) -> Codec:
     """`codec` may be "auto", a name, a config dict or a Codec instance. The third argument
-    is the tensor's bytes (lets auto sample them) or just their count."""
+    is the tensor's bytes (lets auto sample them) or just their count. Containers (save,
+    pack, DCP) resolve their codecs here and store tensors bit-exact, so lossy codecs are
+    refused: their bytes would fail the container's checksum of the original."""
     if codec is None or codec == "auto":
         if isinstance(raw_or_nbytes, np.ndarray):
             return choose(dtype, raw=raw_or_nbytes)
         return choose(dtype, nbytes=int(raw_or_nbytes))
-    return get(codec)
+    chosen = get(codec)
+    if chosen.lossy:
+        raise BadParameterError(f"codec {chosen.codec_id!r} is lossy; containers store tensors bit-exact "
+                                "(use codecs.encode for lossy codecs)")
+    return chosen
