@@ -11,7 +11,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from nzip import codecs  # noqa: E402
-from nzip.errors import BadParameterError, CorruptDataError, NzipError, UnsupportedDtypeError  # noqa: E402
+from nzip.errors import (BadParameterError, ChecksumError, CorruptDataError, FormatError, NzipError,  # noqa: E402
+                         UnsupportedDtypeError)
 from nzip.formats import frame  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
@@ -88,7 +89,13 @@ def test_gear_bad_input():
     with pytest.raises(BadParameterError, match="NaN"):
         codecs.encode(bad, "gear")
     blob = codecs.encode(x, "gear")
+    flipped = bytearray(blob)
+    flipped[len(blob) // 2] ^= 0x04
+    with pytest.raises(ChecksumError):
+        codecs.decode(bytes(flipped))
     header, payload = frame.unpack(blob)
+    with pytest.raises(CorruptDataError, match="layout"):
+        codecs.decode(frame.pack(header, b"\x07" + payload[1:]))
     with pytest.raises(CorruptDataError):
         codecs.decode(frame.pack(dict(header, shape=[8, 9]), payload))
     with pytest.raises(NzipError):
@@ -161,3 +168,5 @@ def test_feature_codec_bad_input(hidden):
         codecs.decode(frame.pack(header, bytes(other)))
     with pytest.raises(CorruptDataError):
         codecs.decode(frame.pack(dict(header, shape=[32, 384]), payload))
+    with pytest.raises(FormatError, match="not an nzip feature payload"):
+        codecs.decode(frame.pack(header, b"NZI\x01" + payload[4:]))

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from nzip import codecs
-from nzip.errors import BadParameterError, ChecksumError, CorruptDataError, NzipError, UnsupportedDtypeError
+from nzip.errors import (BadParameterError, ChecksumError, CorruptDataError, FormatError, NzipError,
+                         UnsupportedDtypeError)
 from nzip.formats import frame
 
 if importlib.util.find_spec("compressai") is None:  # its plain import needs torchvision: see the loader
@@ -127,6 +128,11 @@ def test_corrupt_and_foreign_payloads(kodak):
     bad = dict(header, shape=[64, 64, 3])
     with pytest.raises(CorruptDataError, match="does not match"):
         codecs.decode(frame.pack(bad, payload))
+    # another payload's magic, and a newer layout version, inside a valid frame
+    with pytest.raises(FormatError, match="not an nzip image payload"):
+        codecs.decode(frame.pack(header, b"NZF\x01" + payload[4:]))
+    with pytest.raises(FormatError, match="version 2 is newer"):
+        codecs.decode(frame.pack(header, b"NZI\x02" + payload[4:]))
     # a truncated latent stream inside a valid frame
     with pytest.raises(NzipError):
         codecs.decode(frame.pack(header, payload[:40]))
