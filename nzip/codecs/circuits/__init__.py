@@ -1,3 +1,13 @@
-"""Probabilistic circuits for lossless coding (issue 7). So far the HCLT model and its EM
-training (hclt.py); the `pc` codec (conditionals + exact entropy coding) is not built yet,
-so nothing here is registered."""
+"""Probabilistic circuits for lossless coding (Liu, Mandt, Van den Broeck, ICLR 2022).
+
+    hclt.py          the model: hidden Chow-Liu trees, likelihood, structure learning
+    train.py         mini-batch (online) EM and full-batch EM, augmentation
+    quantized.py     the integer model the codec codes with
+    model_file.py    the .nzpc file format
+    conditionals.py  P(x_i | x_<i), incremental and exact on any machine
+    codec.py         the `pc` codec (constriction range coding); models/ holds the shipped one
+"""
+
+from .codec import load_model, remember
+
+__all__ = ["load_model", "remember"]

@@ -93,13 +93,21 @@ def root_at_centre(edges: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class HCLT:
-    """An HCLT's structure and parameters (probabilities, float32 numpy arrays)."""
+    """An HCLT's structure and parameters (probabilities, float32 numpy arrays).
+
+    Leaves are either one categorical per (node, state) -- `emission`, D x K x V -- or
+    shared: each (node, state) mixes M categoricals common to all nodes (`leaf_mix`,
+    D x K x M, over `leaf_dists`, M x V). Sharing cuts the leaf parameters from D*K*V to
+    D*K*M + M*V, which generalises better from few images and keeps the model small.
+    """
 
     parent: np.ndarray  # (D,) int64, -1 at the root
     depth: np.ndarray  # (D,) int64
     prior: np.ndarray  # (K,) P(z_root)
     transition: np.ndarray  # (D, K, K) P(z_i = b | z_parent = a) at [i, a, b]; the root's unused
-    emission: np.ndarray  # (D, K, V) P(x_i = v | z_i = k)
+    emission: np.ndarray | None = None  # (D, K, V) P(x_i = v | z_i = k)
+    leaf_mix: np.ndarray | None = None  # (D, K, M) P(leaf m | z_i = k)
+    leaf_dists: np.ndarray | None = None  # (M, V) P(x = v | leaf m)
 
     @property
     def num_vars(self) -> int:
@@ -110,44 +118,79 @@ class HCLT:
         return self.prior.shape[0]
 
     @property
+    def shared(self) -> bool:
+        return self.emission is None
+
+    @property
     def values(self) -> int:
-        return self.emission.shape[2]
+        return (self.leaf_dists if self.shared else self.emission).shape[-1]
 
     @property
     def root(self) -> int:
         return int(np.flatnonzero(self.parent < 0)[0])
 
+    def param_names(self) -> tuple[str, ...]:
+        return ("prior", "transition") + (("leaf_mix", "leaf_dists") if self.shared else ("emission",))
+
+    def leaves(self) -> np.ndarray:
+        """P(x_i = v | z_i = k), D x K x V float64, whichever way the leaves are stored."""
+        if self.shared:
+            return self.leaf_mix.astype(np.float64) @ self.leaf_dists.astype(np.float64)
+        return self.emission.astype(np.float64)
+
     @classmethod
-    def from_data(cls, data: np.ndarray, hidden: int, values: int = 256, seed: int = 0, bins: int = 8) -> "HCLT":
-        """The Chow-Liu structure of the data, with randomly initialised parameters."""
+    def from_data(cls, data: np.ndarray, hidden: int, values: int = 256, seed: int = 0, bins: int = 8,
+                  shared: int = 0) -> "HCLT":
+        """The Chow-Liu structure of the data (n x D integers < values), with randomly
+        initialised parameters; `shared` = M > 0 shares M leaf distributions."""
         d = data.shape[1]
         parent, depth = root_at_centre(chow_liu_tree(mutual_information(data, bins)), d)
         rng = np.random.default_rng(seed)
 
-        def normalised(shape):
-            x = rng.uniform(0.5, 1.5, shape).astype(np.float64)
+        def normalised(x):
             return (x / x.sum(-1, keepdims=True)).astype(np.float32)
 
-        # emissions start near the empirical marginal of each variable, made distinct per state
         counts = np.stack([np.bincount(data[:, i], minlength=values) for i in range(d)]).astype(np.float64) + 1
+        prior, transition = normalised(rng.uniform(0.5, 1.5, hidden)), normalised(rng.uniform(0.5, 1.5, (d, hidden, hidden)))
+        if shared:
+            # leaf distributions start as the pooled value histogram cut into M bands of
+            # roughly equal mass (each band keeps some mass everywhere), so that each one
+            # starts out describing a different brightness
+            pooled = counts.sum(0) / counts.sum()
+            band = np.minimum((np.cumsum(pooled) - pooled / 2) * shared, shared - 1).astype(np.int64)
+            dists = 0.02 * pooled[None, :] + (band[None, :] == np.arange(shared)[:, None]) * pooled[None, :]
+            dists = dists * rng.uniform(0.8, 1.2, dists.shape)
+            mix = normalised(rng.uniform(0.5, 1.5, (d, hidden, shared)))
+            return cls(parent, depth, prior, transition, leaf_mix=mix, leaf_dists=normalised(dists))
+        # emissions start near the empirical marginal of each variable, made distinct per state
         marg = counts / counts.sum(1, keepdims=True)
-        emission = marg[:, None, :] * rng.uniform(0.5, 1.5, (d, hidden, values))
-        emission = (emission / emission.sum(-1, keepdims=True)).astype(np.float32)
-        return cls(parent, depth, normalised(hidden), normalised((d, hidden, hidden)), emission)
+        emission = normalised(marg[:, None, :] * rng.uniform(0.5, 1.5, (d, hidden, values)))
+        return cls(parent, depth, prior, transition, emission=emission)
 
     def levels(self) -> list[np.ndarray]:
         """Non-root nodes grouped by depth, deepest first (the upward pass's order)."""
         return [np.flatnonzero(self.depth == t) for t in range(int(self.depth.max()), 0, -1)]
 
 
-def log_likelihood(log_prior, log_transition, log_emission, parent, levels, root, x):
-    """log P(x) of a batch (n x D int64 tensor) by the upward pass; differentiable in the
-    log-parameters (torch tensors), which is how EM gets its expected counts."""
+def leaf_log_values(logs: dict, x):
+    """log P(x_i | z_i = k) for a batch x (n x D int64 tensor) -> n x D x K."""
     import torch
 
-    n, d = x.shape
-    # leaf values: log P(x_i | z_i) for every sample, node and state -> n x D x K
-    acc = log_emission.permute(0, 2, 1)[torch.arange(d, device=x.device), x]  # n x D x K... indexed per node
+    d = x.shape[1]
+    if "emission" in logs:
+        return logs["emission"].permute(0, 2, 1)[torch.arange(d, device=x.device), x]
+    per_leaf = torch.exp(logs["leaf_dists"]).T[x]  # n x D x M
+    return torch.log(torch.einsum("ndm,dkm->ndk", per_leaf, torch.exp(logs["leaf_mix"])).clamp_min(1e-38))
+
+
+def log_likelihood(logs: dict, parent, levels, root, x):
+    """log P(x) of a batch (n x D int64 tensor) by the upward pass; differentiable in the
+    log-parameters (a dict of torch tensors named as HCLT's fields), which is how EM gets
+    its expected counts."""
+    import torch
+
+    acc = leaf_log_values(logs, x)
+    log_transition = logs["transition"]
     for nodes in levels:
         idx = torch.as_tensor(nodes, device=x.device)
         up = acc[:, idx, :]  # n x S x K, complete subtrees
@@ -155,32 +198,36 @@ def log_likelihood(log_prior, log_transition, log_emission, parent, levels, root
         # message to the parent: log sum_b P(z_i = b | z_p = a) * exp(up_b)
         msg = torch.log(torch.einsum("nsb,sab->nsa", torch.exp(up - shift), torch.exp(log_transition[idx])).clamp_min(1e-38)) + shift
         acc = acc.index_add(1, torch.as_tensor(parent[nodes], device=x.device), msg)
-    top = acc[:, root, :] + log_prior
-    return torch.logsumexp(top, -1)
+    return torch.logsumexp(acc[:, root, :] + logs["prior"], -1)
+
+
+def _log_params(model: HCLT, device, grad: bool) -> dict:
+    import torch
+
+    return {name: torch.tensor(np.log(np.maximum(getattr(model, name), 1e-30)), device=device, requires_grad=grad)
+            for name in model.param_names()}
 
 
 def em_step(model: HCLT, batches, step: float, pseudocount: float, device="cpu") -> float:
-    """One pass of mini-batch EM over `batches` (iterables of n x D uint8 arrays); each
-    batch's expected counts (the gradients of its log-likelihood with respect to the
-    log-parameters) give new parameters, blended in with weight `step` (1 = full-batch
-    EM when there is one batch). Returns the mean log-likelihood (nats per sample)."""
+    """One pass of mini-batch EM over `batches` (iterables of n x D integer arrays or
+    tensors); each batch's expected counts (the gradients of its log-likelihood with
+    respect to the log-parameters) give new parameters, blended in with weight `step`
+    (1 = full-batch EM when there is one batch). Returns the mean log-likelihood (nats
+    per sample)."""
     import torch
 
     levels = model.levels()
     total, count = 0.0, 0
     for batch in batches:
-        logs = [torch.tensor(np.log(p), device=device, requires_grad=True)
-                for p in (model.prior, model.transition, model.emission)]
+        logs = _log_params(model, device, True)
         x = torch.as_tensor(batch, device=device).long()
-        ll = log_likelihood(*logs, model.parent, levels, model.root, x).sum()
+        ll = log_likelihood(logs, model.parent, levels, model.root, x).sum()
         ll.backward()
         total, count = total + float(ll.detach()), count + len(batch)
-        new = []
-        for p, log_p in zip((model.prior, model.transition, model.emission), logs):
+        for name, log_p in logs.items():
             flows = log_p.grad.double().cpu().numpy() + pseudocount
             fresh = flows / flows.sum(-1, keepdims=True)
-            new.append(((1 - step) * p + step * fresh).astype(np.float32))
-        model.prior, model.transition, model.emission = new
+            setattr(model, name, ((1 - step) * getattr(model, name) + step * fresh).astype(np.float32))
     return total / max(count, 1)
 
 
@@ -189,14 +236,14 @@ def mean_log_likelihood(model: HCLT, data: np.ndarray, batch: int = 1000, device
     import torch
 
     levels = model.levels()
-    logs = [torch.tensor(np.log(p), device=device) for p in (model.prior, model.transition, model.emission)]
+    logs = _log_params(model, device, False)
     total = 0.0
     with torch.no_grad():
         for i in range(0, len(data), batch):
-            x = torch.as_tensor(np.array(data[i:i + batch]), device=device).long()
-            total += float(log_likelihood(*logs, model.parent, levels, model.root, x).sum())
+            x = torch.as_tensor(np.asarray(data[i:i + batch]), device=device).long()
+            total += float(log_likelihood(logs, model.parent, levels, model.root, x).sum())
     return total / len(data)
 
 
-def bits_per_dim(model: HCLT, data: np.ndarray) -> float:
-    return -mean_log_likelihood(model, data) / (data.shape[1] * np.log(2))
+def bits_per_dim(model: HCLT, data: np.ndarray, device="cpu") -> float:
+    return -mean_log_likelihood(model, data, device=device) / (data.shape[1] * np.log(2))
