@@ -11,6 +11,9 @@
     nzip scene-eval scene.ply scene.nzs    -> PSNR/SSIM of renders from 24 cameras
     nzip pack photo.png [--quality 3]     -> photo.nzi (learned image codec, lossy)
     nzip unpack photo.nzi [-o out.png]     -> out.png
+    nzip train-pc digits.npy -o model.nzpc -> a probabilistic circuit for lossless coding
+    nzip pack digits.npy --codec pc [--model model.nzpc]  -> digits.nzf (one frame; any codec)
+    nzip unpack digits.nzf [-o out.npy]    -> the array, bit for bit
     nzip info model.nz
     nzip verify model.nz | MODEL_DIR.nz
 """
@@ -64,6 +67,8 @@ def cmd_pack(args) -> None:
         return _pack_scene(args, src)
     if src.suffix.lower() in IMAGE_SUFFIXES:
         return _pack_image(args, src)
+    if src.suffix.lower() == ".npy":
+        return _pack_array(args, src)
     dst = Path(args.output) if args.output else src.with_suffix(".nz")
     if dst.resolve() == src.resolve():
         raise NzipError("output would overwrite the input")
@@ -102,7 +107,8 @@ def _pack_image(args, src: Path) -> None:
         raise NzipError(f"--quality for images is one of {list(get('image-hyperprior').qualities)}, got {quality!r}")
     t0 = time.perf_counter()
     image = _read_image(src)
-    blob = encode(image, "image-hyperprior", quality=int(quality), model=args.model, threads=args.threads)
+    blob = encode(image, "image-hyperprior", quality=int(quality), model=args.model or "mbt2018-mean",
+                  threads=args.threads)
     with atomic_write(dst, overwrite=args.force) as f:
         f.write(blob)
     h, w = image.shape[:2]
@@ -125,6 +131,83 @@ def _unpack_image(args, src: Path) -> None:
     with atomic_write(dst, overwrite=args.force) as f:
         Image.fromarray(image).save(f, format=Image.registered_extensions()[dst.suffix.lower()])
     _say(args, f"{src} : {image.shape[1]}x{image.shape[0]} -> {dst} in {time.perf_counter() - t0:.2f} s")
+
+
+def _read_npy(path: Path):
+    import numpy as np
+
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise NzipError(f"{path}: not a readable .npy array ({exc})") from None
+
+
+def _pack_array(args, src: Path) -> None:
+    """One .npy array -> one nzip frame (.nzf); --codec pc codes it with a circuit."""
+    from .codecs import encode
+
+    dst = Path(args.output) if args.output else src.with_suffix(".nzf")
+    codec = _codec_arg(args.codec)
+    codec = "zstd" if codec == "auto" else codec
+    params = {"model": args.model} if args.model and codec == "pc" else {}
+    if args.model and codec != "pc":
+        raise NzipError("--model applies to images and to --codec pc")
+    t0 = time.perf_counter()
+    array = _read_npy(src)
+    blob = encode(array, codec, threads=args.threads, **params)
+    with atomic_write(dst, overwrite=args.force) as f:
+        f.write(blob)
+    bits = len(blob) * 8 / array.size if array.size else 0
+    _say(args, f"{src} : {len(blob) / max(array.nbytes, 1):.2%} ({array.nbytes} => {len(blob)} bytes, "
+               f"{bits:.3f} bits per value, {dst}) in {time.perf_counter() - t0:.2f} s")
+
+
+def _unpack_array(args, src: Path) -> None:
+    import numpy as np
+
+    from .codecs import decode
+    from .codecs.circuits import load_model
+
+    if args.model:  # frames coded with a model of one's own name it by identity
+        load_model(args.model)
+    dst = Path(args.output) if args.output else src.with_suffix(".npy")
+    t0 = time.perf_counter()
+    array = np.asarray(decode(src.read_bytes(), threads=args.threads))
+    with atomic_write(dst, overwrite=args.force) as f:
+        np.save(f, array, allow_pickle=False)
+    _say(args, f"{src} : {array.dtype} {'x'.join(map(str, array.shape))} -> {dst} in {time.perf_counter() - t0:.2f} s")
+
+
+def cmd_train_pc(args) -> None:
+    import numpy as np
+
+    from .codecs.circuits import model_file
+    from .codecs.circuits.quantized import MAX_HIDDEN, quantize
+    from .codecs.circuits.train import train
+
+    src = Path(args.input)
+    data = _read_npy(src)
+    if data.dtype not in (np.uint8, np.uint16) or data.ndim < 2 or len(data) < 2:
+        raise NzipError(f"{src}: train-pc takes n >= 2 samples of uint8 or uint16 (n x H x W or n x D), "
+                        f"got {data.dtype} {data.shape}")
+    if not 1 <= args.hidden <= MAX_HIDDEN:
+        raise NzipError(f"--hidden must be 1..{MAX_HIDDEN}")
+    dst = Path(args.output) if args.output else src.with_suffix(".nzpc")
+    if dst.exists() and not args.force:
+        raise NzipError(f"{dst} already exists (use -f to replace it)")
+    lo, hi = (0, 255) if data.dtype == np.uint8 else (int(data.min()), int(data.max()))
+    flat = (data.reshape(len(data), -1).astype(np.int64) - lo)
+    image_shape = tuple(data.shape[1:]) if data.ndim == 3 else None
+    t0 = time.perf_counter()
+    model = train(flat, args.hidden, shared=args.shared, epochs=args.epochs, full_batch=args.full_batch,
+                  values=hi - lo + 1, image_shape=image_shape, shift=args.shift if image_shape else 0,
+                  device=args.device, log=None if args.quiet else (lambda line: print(line, file=sys.stderr)))
+    training = dict(data=src.name, hidden=args.hidden, shared=args.shared, epochs=args.epochs,
+                    full_batch=args.full_batch, shift=args.shift if image_shape else 0)
+    coded = quantize(model, data_shape=tuple(data.shape[1:]), value_range=(lo, hi), training=training)
+    model_file.save(coded, dst, overwrite=args.force)
+    _say(args, f"{src} : {len(data)} samples of {'x'.join(map(str, data.shape[1:]))}, values {lo}..{hi} -> {dst} "
+               f"({dst.stat().st_size} bytes) in {time.perf_counter() - t0:.1f} s")
 
 
 def read_any_scene(path: Path):
@@ -258,6 +341,8 @@ def cmd_unpack(args) -> None:
         return _unpack_scene(args, src)
     if src.suffix.lower() == ".nzi":
         return _unpack_image(args, src)
+    if src.suffix.lower() == ".nzf":
+        return _unpack_array(args, src)
     with container.Container(src) as box:
         if args.output:
             dst = Path(args.output)
@@ -348,16 +433,29 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"auto (per tensor, default) or one of: {', '.join(available())}; or a JSON config")
     sp.add_argument("--quality", help="Gaussian-splat scenes (.ply, .spz -> .nzs): low, medium (default), "
                                       "high or lossless; images (.png, .jpg -> .nzi): 1 (fewest bits) .. 6, default 3")
-    sp.add_argument("--model", default="mbt2018-mean",
-                    help="images: the learned model, mbt2018-mean (default) or bmshj2018-hyperprior")
+    sp.add_argument("--model", help="images: the learned model, mbt2018-mean (default) or bmshj2018-hyperprior; "
+                                    "--codec pc: mnist (default, shipped) or a .nzpc file")
     common(sp)
     sp.set_defaults(func=cmd_pack)
 
     sp = sub.add_parser("unpack", help="restore the original file (or folder) from .nz, byte for byte; "
-                                       "a DFloat11 folder to plain bf16 safetensors")
+                                       "a DFloat11 folder to plain bf16 safetensors; .nzf to .npy")
     sp.add_argument("input")
+    sp.add_argument("--model", help=".nzf coded with --codec pc and a model of one's own: that .nzpc file")
     common(sp)
     sp.set_defaults(func=cmd_unpack)
+
+    sp = sub.add_parser("train-pc", help="train a probabilistic circuit (HCLT) on n x H x W (or n x D) "
+                                         "uint8/uint16 samples, for --codec pc")
+    sp.add_argument("input", help="DATA.npy")
+    sp.add_argument("--hidden", type=int, default=32, help="K, latent states per pixel (default 32)")
+    sp.add_argument("--shared", type=int, default=64, help="M shared leaf distributions (0: none; default 64)")
+    sp.add_argument("--epochs", type=int, default=30, help="epochs of mini-batch EM (default 30)")
+    sp.add_argument("--full-batch", type=int, default=3, help="epochs of full-batch EM to finish (default 3)")
+    sp.add_argument("--shift", type=int, default=1, help="images: augment by random shifts up to this (default 1)")
+    sp.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    common(sp)
+    sp.set_defaults(func=cmd_train_pc)
 
     sp = sub.add_parser("scene-eval", help="fidelity of a decoded Gaussian-splat scene: PSNR/SSIM of renders")
     sp.add_argument("original")

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import nzip
@@ -85,3 +86,11 @@ def test_golden_lossy_frames():
         return  # the learned codecs need compressai (see the README)
     assert np.array_equal(codecs.decode((HERE / "v1_image.nzf").read_bytes()), expected["image"])
     assert np.array_equal(codecs.decode((HERE / "v1_feature.nzf").read_bytes()).numpy(), expected["feature"])
+
+
+def test_golden_pc_frame():
+    """Decoding a pc frame depends on the exact integer model it names: this pins both the
+    frame layout and the shipped MNIST model (a new model must ship under a new name)."""
+    pytest.importorskip("constriction")
+    digits = np.load(HERE / "v1_pc_digits.npy")
+    assert np.array_equal(codecs.decode((HERE / "v1_pc.nzf").read_bytes()), digits)

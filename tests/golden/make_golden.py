@@ -94,6 +94,18 @@ def write_lossy_files() -> None:
                         gear=codecs.decode(gear).numpy(), feature=codecs.decode(feature).numpy())
 
 
+def write_pc_file() -> None:
+    """A `pc` frame (shipped MNIST model) of three held-out MNIST digits, with the digits."""
+    import gzip
+
+    from nzip import codecs
+
+    mnist = HERE.parents[2] / "shared" / "data" / "mnist" / "t10k-images-idx3-ubyte.gz"
+    digits = np.frombuffer(gzip.decompress(mnist.read_bytes()), np.uint8, offset=16).reshape(-1, 28, 28)[5000:5003]
+    np.save(HERE / "v1_pc_digits.npy", digits)
+    (HERE / "v1_pc.nzf").write_bytes(codecs.encode(digits, "pc"))
+
+
 def main() -> None:
     from nzip import codecs, save
 
@@ -106,6 +118,7 @@ def main() -> None:
          metadata={"golden": "v1"}, threads=1)
     write_storage_and_scene_files()
     write_lossy_files()
+    write_pc_file()
 
 
 if __name__ == "__main__":

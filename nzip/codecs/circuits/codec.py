@@ -37,6 +37,7 @@ CHUNK = 4096  # samples walked at once: bounds memory; part of the layout (decod
 SHIPPED = {"mnist": Path(__file__).with_name("models") / "mnist.nzpc"}
 _loaded: dict[str, QuantizedHCLT] = {}  # identity hex -> model, for decoding
 _by_path: dict[tuple, QuantizedHCLT] = {}
+_walks: dict[bytes, object] = {}
 _lock = threading.Lock()
 
 
@@ -73,6 +74,17 @@ def resolve(spec) -> QuantizedHCLT:
         raise BadParameterError(f"pc: model {spec} is not loaded in this process; "
                                 f"load it first with nzip.codecs.circuits.load_model(path)")
     return load_model(spec)
+
+
+def walk_for(model: QuantizedHCLT):
+    """The model's tables on the CPU as float64 tensors, built once per model."""
+    from .conditionals import Walk
+
+    with _lock:
+        walk = _walks.get(model.identity)
+        if walk is None:
+            walk = _walks[model.identity] = Walk(model)
+        return walk
 
 
 @register
@@ -114,8 +126,6 @@ class PC(Codec):
         import constriction
         import torch
 
-        from .conditionals import Walk
-
         model = self._model()
         n = self._samples(model, shape)
         lo, hi = model.value_range
@@ -125,7 +135,7 @@ class PC(Codec):
                                     f"got {x.min() + lo}..{x.max() + lo}")
         encoder = constriction.stream.queue.RangeEncoder()
         family = constriction.stream.model.Categorical(perfect=False)
-        walk = Walk(model)
+        walk = walk_for(model)
         for start in range(0, n, CHUNK):
             chunk = torch.from_numpy(x[start:start + CHUNK])
 
@@ -142,8 +152,6 @@ class PC(Codec):
                        out: np.ndarray | None = None) -> np.ndarray:
         import constriction
         import torch
-
-        from .conditionals import Walk
 
         payload = bytes(payload)
         if len(payload) < 20 or payload[:4] != MAGIC:
@@ -162,7 +170,7 @@ class PC(Codec):
         words = np.frombuffer(payload, "<u4", offset=20).astype(np.uint32)
         decoder = constriction.stream.queue.RangeDecoder(words)
         family = constriction.stream.model.Categorical(perfect=False)
-        walk = Walk(model)
+        walk = walk_for(model)
         result = np.empty((n, model.num_vars), np.int64)
         try:
             for start in range(0, n, CHUNK):

@@ -12,7 +12,7 @@ Because the circuit is a tree of K-state latents, every query is a message pass 
 tree: the likelihood of complete samples is the upward pass, done a depth level at a time
 for a whole batch (vectorized by layer, CPU or CUDA). EM's expected counts are the
 gradients of the log-likelihood with respect to the log-parameters (the circuit flows),
-so one autograd backward gives them.
+so one autograd backward gives them (train.py).
 """
 
 from __future__ import annotations
@@ -208,29 +208,6 @@ def _log_params(model: HCLT, device, grad: bool) -> dict:
             for name in model.param_names()}
 
 
-def em_step(model: HCLT, batches, step: float, pseudocount: float, device="cpu") -> float:
-    """One pass of mini-batch EM over `batches` (iterables of n x D integer arrays or
-    tensors); each batch's expected counts (the gradients of its log-likelihood with
-    respect to the log-parameters) give new parameters, blended in with weight `step`
-    (1 = full-batch EM when there is one batch). Returns the mean log-likelihood (nats
-    per sample)."""
-    import torch
-
-    levels = model.levels()
-    total, count = 0.0, 0
-    for batch in batches:
-        logs = _log_params(model, device, True)
-        x = torch.as_tensor(batch, device=device).long()
-        ll = log_likelihood(logs, model.parent, levels, model.root, x).sum()
-        ll.backward()
-        total, count = total + float(ll.detach()), count + len(batch)
-        for name, log_p in logs.items():
-            flows = log_p.grad.double().cpu().numpy() + pseudocount
-            fresh = flows / flows.sum(-1, keepdims=True)
-            setattr(model, name, ((1 - step) * getattr(model, name) + step * fresh).astype(np.float32))
-    return total / max(count, 1)
-
-
 def mean_log_likelihood(model: HCLT, data: np.ndarray, batch: int = 1000, device="cpu") -> float:
     """Nats per sample over a dataset."""
     import torch
@@ -240,7 +217,7 @@ def mean_log_likelihood(model: HCLT, data: np.ndarray, batch: int = 1000, device
     total = 0.0
     with torch.no_grad():
         for i in range(0, len(data), batch):
-            x = torch.as_tensor(np.asarray(data[i:i + batch]), device=device).long()
+            x = torch.as_tensor(np.array(data[i:i + batch]), device=device).long()
             total += float(log_likelihood(logs, model.parent, levels, model.root, x).sum())
     return total / len(data)
 

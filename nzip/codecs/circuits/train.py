@@ -95,8 +95,21 @@ def train(data: np.ndarray, hidden: int, *, shared: int = 0, epochs: int = 50, b
     """
     import torch
 
-    if torch.device(device).type == "cpu":
-        torch.set_flush_denormal(True)  # tiny flows otherwise slow CPU EM several-fold
+    # tiny flows are subnormal floats, which slow CPU EM several-fold; flushing them is
+    # process-wide state, so it is switched on only while training
+    flush = torch.device(device).type == "cpu" and torch.set_flush_denormal(True)
+    try:
+        return _train(data, hidden, shared, epochs, batch, step, pseudocount, full_batch, image_shape, shift,
+                      shift_prob, values, seed, device, valid, log, model)
+    finally:
+        if flush:
+            torch.set_flush_denormal(False)
+
+
+def _train(data, hidden, shared, epochs, batch, step, pseudocount, full_batch, image_shape, shift, shift_prob,
+           values, seed, device, valid, log, model) -> HCLT:
+    import torch
+
     data = np.ascontiguousarray(data.reshape(len(data), -1))
     if model is None:
         model = HCLT.from_data(data, hidden, values=values, seed=seed, shared=shared)
@@ -142,6 +155,6 @@ def held_out_bpd(trainer: EMTrainer, data: np.ndarray, batch: int = 1000) -> flo
     with torch.no_grad():
         logs = {name: torch.log(p.clamp_min(1e-30)) for name, p in trainer.params.items()}
         for i in range(0, len(data), batch):
-            x = torch.as_tensor(np.asarray(data[i:i + batch]), device=trainer.device).long()
+            x = torch.as_tensor(np.array(data[i:i + batch]), device=trainer.device).long()
             total += float(log_likelihood(logs, trainer.model.parent, trainer.levels, trainer.model.root, x).sum())
     return -total / (len(data) * data.shape[1] * np.log(2))
