@@ -7,7 +7,7 @@ fixed shuffle) are held out too, to choose settings without looking at the test 
 
     python tools/train_pc.py --hidden 32 --shared 64 --epochs 200 --device cuda -o model.nzpc
 
-Recipe of the shipped model: see nzip/codecs/circuits/models/README.md.
+The shipped model and how it was trained: nzip/codecs/circuits/models/README.md.
 """
 
 from __future__ import annotations
