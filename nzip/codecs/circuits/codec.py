@@ -171,24 +171,20 @@ class PC(Codec):
         decoder = constriction.stream.queue.RangeDecoder(words)
         family = constriction.stream.model.Categorical(perfect=False)
         walk = walk_for(model)
-        result = np.empty((n, model.num_vars), np.int64)
+        raw = out if out is not None else np.empty(count * dtype.itemsize, np.uint8)
+        values = raw.view("<" + dtype.kind + str(dtype.itemsize)).reshape(n, model.num_vars)
         try:
             for start in range(0, n, CHUNK):
-                rows = result[start:start + CHUNK]
+                rows = np.empty((min(CHUNK, n - start), model.num_vars), np.int64)
 
                 def pick(i, probs, rows=rows):
-                    symbols = decoder.decode(family, probs.numpy())
-                    rows[:, i] = symbols
-                    return torch.from_numpy(symbols.astype(np.int64))
+                    rows[:, i] = decoder.decode(family, probs.numpy())
+                    return torch.from_numpy(rows[:, i])
 
                 walk.run(len(rows), pick)
+                values[start:start + len(rows)] = rows + model.value_range[0]
         except NzipError:
             raise
         except Exception as e:  # constriction reports a stream that runs out or is invalid
             raise CorruptDataError(f"pc: corrupt stream ({e})") from None
-        values = (result + model.value_range[0]).astype("<" + dtype.kind + str(dtype.itemsize))
-        raw = values.reshape(-1).view(np.uint8)
-        if out is not None:
-            out[:] = raw
-            return out
         return raw
