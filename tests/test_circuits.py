@@ -164,6 +164,26 @@ def test_conditionals_do_not_depend_on_the_batch(tiny_model):
         assert torch.equal(collect(data[j:j + 1])[:, 0], together[:, j])
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (runs on the device machine)")
+def test_conditionals_identical_on_cuda(tiny_model):
+    """The exactness argument in practice: a GPU computes the very same probabilities."""
+    model, data = tiny_model
+    rows = data[:64].astype(np.int64)
+
+    def collect(device):
+        out = []
+        x = torch.as_tensor(rows, device=device)
+
+        def pick(i, probs):
+            out.append(probs.cpu())
+            return x[:, i]
+
+        Walk(model, device).run(len(x), pick)
+        return torch.stack(out)
+
+    assert torch.equal(collect("cpu"), collect("cuda"))
+
+
 # -- the codec ---------------------------------------------------------------------------
 def test_pc_round_trips_mnist_with_the_shipped_model():
     images = held_out(40)
