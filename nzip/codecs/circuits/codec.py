@@ -129,7 +129,7 @@ class PC(Codec):
         model = self._model()
         n = self._samples(model, shape)
         lo, hi = model.value_range
-        x = data.view("<" + dtype.kind + str(dtype.itemsize)).reshape(n, model.num_vars).astype(np.int64) - lo
+        x = data.view(np.dtype(dtype.name)).reshape(n, model.num_vars).astype(np.int64) - lo
         if x.size and (x.min() < 0 or x.max() > hi - lo):
             raise BadParameterError(f"pc: values must lie in the model's range {lo}..{hi}; "
                                     f"got {x.min() + lo}..{x.max() + lo}")
@@ -172,7 +172,7 @@ class PC(Codec):
         family = constriction.stream.model.Categorical(perfect=False)
         walk = walk_for(model)
         raw = out if out is not None else np.empty(count * dtype.itemsize, np.uint8)
-        values = raw.view("<" + dtype.kind + str(dtype.itemsize)).reshape(n, model.num_vars)
+        values = raw.view(np.dtype(dtype.name)).reshape(n, model.num_vars)
         try:
             for start in range(0, n, CHUNK):
                 rows = np.empty((min(CHUNK, n - start), model.num_vars), np.int64)

@@ -25,6 +25,7 @@ from typing import Callable
 
 import numpy as np
 
+from .hclt import depths, levels
 from .quantized import QuantizedHCLT
 
 B = 25  # bits of every normalised vector
@@ -65,7 +66,7 @@ class Walk:
     def __init__(self, model: QuantizedHCLT, device="cpu"):
         import torch
 
-        self.model, self.device = model, torch.device(device)
+        self.device = torch.device(device)
         self.order, self.events = coding_order(model.parent)
         self.parent = model.parent.astype(np.int64)
         as_f64 = lambda a: torch.as_tensor(np.asarray(a, np.float64), device=self.device)  # noqa: E731
@@ -112,12 +113,7 @@ def naive(model: QuantizedHCLT, x: np.ndarray, order: np.ndarray, upto: int) -> 
     d, k = trans.shape[:2]
     n = len(x)
     xt = torch.as_tensor(x.astype(np.int64))
-    depth = np.zeros(d, np.int64)
-    for i in range(d):
-        j = i
-        while parent[j] >= 0:
-            depth[i], j = depth[i] + 1, parent[j]
-    by_depth = [np.flatnonzero(depth == t) for t in range(int(depth.max()), 0, -1)]
+    by_depth = levels(depths(parent))
     out = []
     for t in range(upto):
         i = int(order[t])

@@ -91,6 +91,23 @@ def root_at_centre(edges: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
     return bfs(path[len(path) // 2])
 
 
+def depths(parent: np.ndarray) -> np.ndarray:
+    """Depth of every node of a rooted tree given as parent indices (-1 at the root): all
+    nodes climb one step at a time together, so it costs O(depth * D) vectorized."""
+    parent = np.asarray(parent, np.int64)
+    depth = np.zeros(len(parent), np.int64)
+    node = parent.copy()
+    while (node >= 0).any():
+        depth += node >= 0
+        node = np.where(node >= 0, parent[np.maximum(node, 0)], -1)
+    return depth
+
+
+def levels(depth: np.ndarray) -> list[np.ndarray]:
+    """Non-root nodes grouped by depth, deepest first (the upward pass's order)."""
+    return [np.flatnonzero(depth == t) for t in range(int(depth.max()), 0, -1)]
+
+
 @dataclass
 class HCLT:
     """An HCLT's structure and parameters (probabilities, float32 numpy arrays).
@@ -132,12 +149,6 @@ class HCLT:
     def param_names(self) -> tuple[str, ...]:
         return ("prior", "transition") + (("leaf_mix", "leaf_dists") if self.shared else ("emission",))
 
-    def leaves(self) -> np.ndarray:
-        """P(x_i = v | z_i = k), D x K x V float64, whichever way the leaves are stored."""
-        if self.shared:
-            return self.leaf_mix.astype(np.float64) @ self.leaf_dists.astype(np.float64)
-        return self.emission.astype(np.float64)
-
     @classmethod
     def from_data(cls, data: np.ndarray, hidden: int, values: int = 256, seed: int = 0, bins: int = 8,
                   shared: int = 0) -> "HCLT":
@@ -168,8 +179,7 @@ class HCLT:
         return cls(parent, depth, prior, transition, emission=emission)
 
     def levels(self) -> list[np.ndarray]:
-        """Non-root nodes grouped by depth, deepest first (the upward pass's order)."""
-        return [np.flatnonzero(self.depth == t) for t in range(int(self.depth.max()), 0, -1)]
+        return levels(self.depth)
 
 
 def leaf_log_values(logs: dict, x):
@@ -208,18 +218,22 @@ def _log_params(model: HCLT, device, grad: bool) -> dict:
             for name in model.param_names()}
 
 
-def mean_log_likelihood(model: HCLT, data: np.ndarray, batch: int = 1000, device="cpu") -> float:
-    """Nats per sample over a dataset."""
+def total_log_likelihood(logs: dict, model: HCLT, data: np.ndarray, batch: int = 1000, device="cpu") -> float:
+    """Summed log P(x) (nats) of a dataset under the log-parameters `logs`, in batches."""
     import torch
 
-    levels = model.levels()
-    logs = _log_params(model, device, False)
+    levels_ = model.levels()
     total = 0.0
     with torch.no_grad():
         for i in range(0, len(data), batch):
             x = torch.as_tensor(np.array(data[i:i + batch]), device=device).long()
-            total += float(log_likelihood(logs, model.parent, levels, model.root, x).sum())
-    return total / len(data)
+            total += float(log_likelihood(logs, model.parent, levels_, model.root, x).sum())
+    return total
+
+
+def mean_log_likelihood(model: HCLT, data: np.ndarray, batch: int = 1000, device="cpu") -> float:
+    """Nats per sample over a dataset."""
+    return total_log_likelihood(_log_params(model, device, False), model, data, batch, device) / len(data)
 
 
 def bits_per_dim(model: HCLT, data: np.ndarray, device="cpu") -> float:

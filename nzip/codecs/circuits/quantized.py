@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .hclt import HCLT
+from .hclt import HCLT, depths
 
 BITS = {"prior": 16, "transition": 16, "leaf_mix": 16, "leaf_dists": 20, "emission": 20}
 LEAF_BITS = 20  # the materialised leaf table P(x_i = v | z_i = k) is in units of 2**-20
@@ -81,18 +81,12 @@ class QuantizedHCLT:
     def to_hclt(self) -> HCLT:
         """The float model these integers stand for (to measure it or train it further)."""
         parent = self.parent.astype(np.int64)
-        depth = np.zeros(len(parent), np.int64)
-        for i in range(len(parent)):  # depths by walking up (D is small: pixels)
-            j = i
-            while parent[j] >= 0:
-                depth[i] += 1
-                j = parent[j]
 
         def norm(x):
             x = x.astype(np.float64)
             return (x / x.sum(-1, keepdims=True)).astype(np.float32)
 
-        model = HCLT(parent, depth, norm(self.prior), norm(self.transition))
+        model = HCLT(parent, depths(parent), norm(self.prior), norm(self.transition))
         if self.leaf_mix is None:
             model.emission = norm(self.emission)
         else:

@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from .hclt import HCLT, log_likelihood
+from .hclt import HCLT, log_likelihood, total_log_likelihood
 
 
 def shifted(x, image_shape: tuple[int, int], shift: int, prob: float, generator):
@@ -148,13 +148,10 @@ def _train(data, hidden, shared, epochs, batch, step, pseudocount, full_batch, i
     return trainer.sync()
 
 
-def held_out_bpd(trainer: EMTrainer, data: np.ndarray, batch: int = 1000) -> float:
+def held_out_bpd(trainer: EMTrainer, data: np.ndarray) -> float:
+    """Bits per dimension of `data` under the trainer's current (device) parameters."""
     import torch
 
-    total = 0.0
-    with torch.no_grad():
-        logs = {name: torch.log(p.clamp_min(1e-30)) for name, p in trainer.params.items()}
-        for i in range(0, len(data), batch):
-            x = torch.as_tensor(np.array(data[i:i + batch]), device=trainer.device).long()
-            total += float(log_likelihood(logs, trainer.model.parent, trainer.levels, trainer.model.root, x).sum())
+    logs = {name: torch.log(p.clamp_min(1e-30)) for name, p in trainer.params.items()}
+    total = total_log_likelihood(logs, trainer.model, data, device=trainer.device)
     return -total / (len(data) * data.shape[1] * np.log(2))
