@@ -197,6 +197,16 @@ def test_pc_round_trips_mnist_with_the_shipped_model():
     assert len(frame) < 0.9 * len(codecs.encode(images, "zstd", level=19))
 
 
+def test_pc_round_trip_through_the_shared_helper():
+    from helpers import check_roundtrip
+
+    images = held_out(5)
+    check_roundtrip(images, "pc")  # numpy in, numpy out
+    check_roundtrip(torch.from_numpy(images), "pc", threads=2)  # torch in, torch out
+    check_roundtrip(images[:0], "pc")  # empty batch
+    check_roundtrip(held_out(6)[::2], "pc")  # a non-contiguous view
+
+
 @pytest.mark.parametrize("shape", [(28, 28), (3, 784), (0, 28, 28), (2, 2, 28, 28)])
 def test_pc_shapes(shape):
     n = int(np.prod(shape)) // 784
@@ -250,6 +260,19 @@ def test_pc_bad_input(tiny_model, tmp_path):
     frame = codecs.encode(images, "pc")
     with pytest.raises(FormatError):
         codecs.decode(frame[:-9])
+    # forged payloads inside valid frames: the codec's own checks must catch them
+    from tests_support import reseal
+
+    with pytest.raises(CorruptDataError, match="not a pc payload"):
+        codecs.decode(reseal(frame, lambda p: b"NZI\x01" + p[4:]))
+    with pytest.raises(CorruptDataError, match="not a pc payload"):
+        codecs.decode(reseal(frame, lambda p: b"NZP\x02" + p[4:]))
+    with pytest.raises(CorruptDataError, match="does not match"):
+        codecs.decode(reseal(frame, lambda p: p[:12] + struct.pack("<Q", 3) + p[20:]))  # 3 samples, frame says 2
+    with pytest.raises(CorruptDataError, match="does not match"):
+        codecs.decode(reseal(frame, lambda p: p[:-1]))  # a torn last word
+    with pytest.raises(CorruptDataError, match="coded with model"):
+        codecs.decode(reseal(frame, lambda p: p[:4] + b"\0" * 8 + p[12:]))  # an unknown model
     flipped = bytearray(frame)
     flipped[-20] ^= 0x10
     with pytest.raises(ChecksumError):
