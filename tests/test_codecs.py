@@ -11,6 +11,7 @@ from helpers import FLOAT_DTYPES, INT_DTYPES, check_roundtrip, same_bits, specia
 from nzip import codecs
 from nzip.dtypes import to_bytes
 from nzip.errors import BadParameterError, ChecksumError, NzipError, UnknownCodecError, UnsupportedDtypeError
+from nzip.formats import frame as frame_format
 
 GENERIC = ["raw", "zstd", "planes", "ans"]
 
@@ -184,6 +185,35 @@ def test_codecs_under_both_paths(simd):
         for params in ({}, {"lanes": 64}, {"lanes": 16, "chunk": 4096}):
             check_roundtrip(w, codec, threads=2, **params)
             check_roundtrip(w.float(), codec, **params)
+
+
+@pytest.mark.parametrize("lanes", [16, 48, 64, 128])
+@pytest.mark.parametrize("contexts", [True, False], ids=["contexts", "one-table"])
+def test_ans16_one_pass_decoder(simd, lanes, contexts):
+    """16-bit `ans` decodes both planes of a chunk in one AVX-512 pass (the scalar path takes
+    two): every lane count, with and without contexts, chunks that end in a partial group,
+    in place (one thread) and into scratch (two), must give the same bits."""
+    from nzip.codecs.entropy import _entropy
+
+    g = torch.Generator().manual_seed(lanes)
+    n = 3 * 20_000 + 7
+    # four common exponents whose mantissas differ (what contexts capture), and rare ones
+    e = torch.randint(0, 4, (n,), generator=g)
+    k = torch.randint(0, 4, (n,), generator=g) + 4 * (e % 2)
+    sign = torch.randint(0, 2, (n,), generator=g) * 2 - 1
+    w = (sign * torch.exp2(e - 3.0) * (1 + k / 8)).to(torch.bfloat16)
+    w[::97] = torch.randn(w[::97].shape, generator=g).to(torch.bfloat16) * 100
+    frame = codecs.encode(w, "ans", lanes=lanes, contexts=contexts, chunk=20_000)
+    _, payload = frame_format.unpack(frame)
+    plane0 = 9 + int.from_bytes(payload[1:9], "little")
+    assert (payload[0], payload[plane0]) == (1, 2 if contexts else 1)  # both planes coded: the fused case
+    for threads in (1, 2):
+        assert same_bits(codecs.decode(frame, threads=threads), w)
+        f16 = codecs.encode(w.view(torch.float16), "ans", lanes=lanes, contexts=contexts, chunk=20_000)
+        assert same_bits(codecs.decode(f16, threads=threads), w.view(torch.float16))
+    _entropy.set_simd(not simd)
+    assert codecs.encode(w, "ans", lanes=lanes, contexts=contexts, chunk=20_000) == frame
+    _entropy.set_simd(simd)
 
 
 @pytest.mark.parametrize("codec", GENERIC + ["dfloat11"])

@@ -291,6 +291,14 @@ static inline __attribute__((always_inline)) SIMD_TARGET __m512i ctx_offsets(con
     return _mm512_sll_epi32(_mm512_cvtepu8_epi32(_mm512_castsi512_si128(ids)), shift);
 }
 
+/* the same for 16 values 0..255 held in 32-bit lanes: the byte permutes look up each
+ * lane's low byte (its upper bytes, zero, look up entry 0 and are masked off) */
+static inline __attribute__((always_inline)) SIMD_TARGET __m512i ctx_offsets_dw(const ctx_lut *l, __m512i top, __m128i shift) {
+    __m512i lo = _mm512_permutex2var_epi8(l->t0, top, l->t1), hi = _mm512_permutex2var_epi8(l->t2, top, l->t3);
+    __m512i ids = _mm512_mask_blend_epi32(_mm512_test_epi32_mask(top, _mm512_set1_epi32(0x80)), lo, hi);
+    return _mm512_sll_epi32(_mm512_and_si512(ids, _mm512_set1_epi32(0xff)), shift);
+}
+
 /* AVX-512 encoder for 16 * nv lanes, the same arithmetic as enc_put: the quotient by the
  * frequency is mulhi(x, rcp_freq) >> rcp_shift. Two gathers per 16 symbols: a packed
  * freq | rcp_shift << 13 | bias << 17, and rcp_freq. Words of the lanes that renormalise
@@ -511,6 +519,19 @@ static inline __attribute__((always_inline)) const uint16_t *dec_loop(
 }
 
 #if HAVE_SIMD
+/* One rANS step for 16 lanes: the table entries e of their slots (already looked up), the
+ * new states, and the words of the lanes that renormalise expanded into them in lane order. */
+static inline __attribute__((always_inline)) SIMD_TARGET __m512i dec_step(__m512i X, __m512i e, __m128i sP,
+                                                                         const uint16_t **w) {
+    const __m512i m12 = _mm512_set1_epi32(0xfff), one = _mm512_set1_epi32(1), L = _mm512_set1_epi32(RANS_L);
+    __m512i f = _mm512_add_epi32(_mm512_and_si512(_mm512_srli_epi32(e, 8), m12), one);
+    __m512i y = _mm512_add_epi32(_mm512_mullo_epi32(f, _mm512_srl_epi32(X, sP)), _mm512_srli_epi32(e, 20));
+    __mmask16 km = _mm512_cmplt_epu32_mask(y, L);
+    __m512i words = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)*w));
+    *w += __builtin_popcount(km);
+    return _mm512_mask_or_epi32(y, km, _mm512_slli_epi32(y, 16), _mm512_maskz_expand_epi32(km, words));
+}
+
 /* AVX-512 decoder for 16 * nv lanes: one gather per 16 symbols (two with contexts, the
  * first off the critical path), and the words of the lanes that renormalise are expanded
  * into them in lane order. Runs while a whole group's words are surely in the buffer;
@@ -522,9 +543,7 @@ SIMD_TARGET static Py_ssize_t dec_avx512(const uint32_t *tab, const ctx_t *c, in
     const uint16_t *w = *wp;
     __m512i X[8];
     for (int v = 0; v < nv; v++) X[v] = _mm512_loadu_si512(x + 16 * v);
-    const __m512i mask = _mm512_set1_epi32((1 << P) - 1), m12 = _mm512_set1_epi32(0xfff),
-                  one = _mm512_set1_epi32(1), L = _mm512_set1_epi32(RANS_L), ff = _mm512_set1_epi32(0xff),
-                  lo16 = _mm512_set1_epi32(0xffff);
+    const __m512i mask = _mm512_set1_epi32((1 << P) - 1), ff = _mm512_set1_epi32(0xff), lo16 = _mm512_set1_epi32(0xffff);
     const __m128i sP = _mm_cvtsi32_si128(P);
     const ctx_lut lut = ctx_lut_load(c->id);
     Py_ssize_t i = 0;
@@ -534,12 +553,7 @@ SIMD_TARGET static Py_ssize_t dec_avx512(const uint32_t *tab, const ctx_t *c, in
             __m512i slot = _mm512_and_si512(X[v], mask);
             if (c->top) slot = _mm512_add_epi32(slot, ctx_offsets(&lut, c->top + o, sP));
             __m512i e = _mm512_i32gather_epi32(slot, tab, 4);
-            __m512i f = _mm512_add_epi32(_mm512_and_si512(_mm512_srli_epi32(e, 8), m12), one);
-            __m512i y = _mm512_add_epi32(_mm512_mullo_epi32(f, _mm512_srl_epi32(X[v], sP)), _mm512_srli_epi32(e, 20));
-            __mmask16 km = _mm512_cmplt_epu32_mask(y, L);
-            __m512i words = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)w));
-            X[v] = _mm512_mask_or_epi32(y, km, _mm512_slli_epi32(y, 16), _mm512_maskz_expand_epi32(km, words));
-            w += __builtin_popcount(km);
+            X[v] = dec_step(X[v], e, sP, &w);
             if (fused) {
                 __m512i sym = _mm512_and_si512(e, ff), other = load16_u8(k->other + o);
                 __m512i val = k->sym_high ? _mm512_or_si512(_mm512_slli_epi32(sym, 8), other)
@@ -572,43 +586,127 @@ static uint32_t *build_dec_table(const uint32_t *freq, int ntables, int P) {
     return tab;
 }
 
-/* Decode one stream of n symbols into the sink; returns bytes consumed or -1 (corrupt).
- * Runs without the GIL. */
-static Py_ssize_t decode_stream(const uint8_t *src, Py_ssize_t srclen, const uint32_t *tab, int P, int lanes,
-                                const ctx_t *c, const dec_sink *k, Py_ssize_t n) {
+/* A stream being decoded: its lane states and word cursor. */
+typedef struct {
     uint32_t x[MAX_LANES];
+    const uint16_t *w, *wend;
+    const uint8_t *src;
+} rans_dec;
+
+static int rans_dec_init(rans_dec *d, const uint8_t *src, Py_ssize_t srclen, int lanes) {
     if (srclen < 4 * lanes) return -1;
     for (int j = 0; j < lanes; j++) {
-        memcpy(&x[j], src + 4 * j, 4);
-        if (x[j] < RANS_L || x[j] >= (1u << 31)) return -1;
+        memcpy(&d->x[j], src + 4 * j, 4);
+        if (d->x[j] < RANS_L || d->x[j] >= (1u << 31)) return -1;
     }
-    const uint16_t *w = (const uint16_t *)(src + 4 * lanes);
-    const uint16_t *wend = w + (srclen - 4 * lanes) / 2;
-    const int fused = k->out16 != NULL;
-    Py_ssize_t i0 = 0;
-#if HAVE_SIMD
-    if (SIMD_LANES(lanes) && use_simd()) i0 = dec_avx512(tab, c, P, x, &w, wend, n, k, lanes / 16, fused);
-#endif
-    if (fused) {
+    d->src = src;
+    d->w = (const uint16_t *)(src + 4 * lanes);
+    d->wend = d->w + (srclen - 4 * lanes) / 2;
+    return 0;
+}
+
+/* Symbols [i0, n) with the scalar loop (i0 a multiple of lanes); then the bytes consumed,
+ * or -1 if the stream ran out or did not end in the encoder's initial states. */
+static Py_ssize_t rans_dec_finish(rans_dec *d, const uint32_t *tab, int P, int lanes, const ctx_t *c,
+                                  const dec_sink *k, Py_ssize_t i0, Py_ssize_t n) {
+    const uint16_t *w;
+    if (k->out16) {
         switch (lanes) {
-        case 8: w = dec_loop(tab, c, P, x, w, wend, i0, n, k, 8, 1); break;
-        case 16: w = dec_loop(tab, c, P, x, w, wend, i0, n, k, 16, 1); break;
-        case 32: w = dec_loop(tab, c, P, x, w, wend, i0, n, k, 32, 1); break;
-        default: w = dec_loop(tab, c, P, x, w, wend, i0, n, k, lanes, 1); break;
+        case 8: w = dec_loop(tab, c, P, d->x, d->w, d->wend, i0, n, k, 8, 1); break;
+        case 16: w = dec_loop(tab, c, P, d->x, d->w, d->wend, i0, n, k, 16, 1); break;
+        case 32: w = dec_loop(tab, c, P, d->x, d->w, d->wend, i0, n, k, 32, 1); break;
+        default: w = dec_loop(tab, c, P, d->x, d->w, d->wend, i0, n, k, lanes, 1); break;
         }
     } else {
         switch (lanes) {
-        case 8: w = dec_loop(tab, c, P, x, w, wend, i0, n, k, 8, 0); break;
-        case 16: w = dec_loop(tab, c, P, x, w, wend, i0, n, k, 16, 0); break;
-        case 32: w = dec_loop(tab, c, P, x, w, wend, i0, n, k, 32, 0); break;
-        default: w = dec_loop(tab, c, P, x, w, wend, i0, n, k, lanes, 0); break;
+        case 8: w = dec_loop(tab, c, P, d->x, d->w, d->wend, i0, n, k, 8, 0); break;
+        case 16: w = dec_loop(tab, c, P, d->x, d->w, d->wend, i0, n, k, 16, 0); break;
+        case 32: w = dec_loop(tab, c, P, d->x, d->w, d->wend, i0, n, k, 32, 0); break;
+        default: w = dec_loop(tab, c, P, d->x, d->w, d->wend, i0, n, k, lanes, 0); break;
         }
     }
     if (w == NULL) return -1;
     for (int j = 0; j < lanes; j++)
-        if (x[j] != RANS_L) return -1;
-    return (const uint8_t *)w - src;
+        if (d->x[j] != RANS_L) return -1;
+    return (const uint8_t *)w - d->src;
 }
+
+/* Decode one stream of n symbols into the sink; returns bytes consumed or -1 (corrupt).
+ * Runs without the GIL. */
+static Py_ssize_t decode_stream(const uint8_t *src, Py_ssize_t srclen, const uint32_t *tab, int P, int lanes,
+                                const ctx_t *c, const dec_sink *k, Py_ssize_t n) {
+    rans_dec d;
+    if (rans_dec_init(&d, src, srclen, lanes) < 0) return -1;
+    Py_ssize_t i0 = 0;
+#if HAVE_SIMD
+    if (SIMD_LANES(lanes) && use_simd()) i0 = dec_avx512(tab, c, P, d.x, &d.w, d.wend, n, k, lanes / 16, k->out16 != NULL);
+#endif
+    return rans_dec_finish(&d, tab, P, lanes, c, k, i0, n);
+}
+
+#if HAVE_SIMD
+/* Both planes of a 16-bit chunk in one pass, 16 * nv lanes each: the exponent a (high
+ * byte) decoded from stream a, then the low byte from stream b with its table picked by
+ * that exponent straight from the register (when cb->top is set), and the element written
+ * once. Saves the second plane's pass over the exponents, which the two-pass decode writes
+ * and reads back. Returns the index reached; the caller finishes each stream. */
+static inline __attribute__((always_inline)) SIMD_TARGET Py_ssize_t dec2_avx512_nv(
+        const uint32_t *tab_a, rans_dec *a, const uint32_t *tab_b, const ctx_t *cb, rans_dec *b, int P,
+        Py_ssize_t n, uint16_t *out16, int rotate, const int nv) {
+    const int lanes = 16 * nv;
+    __m512i XA[8], XB[8];
+    for (int v = 0; v < nv; v++) { XA[v] = _mm512_loadu_si512(a->x + 16 * v); XB[v] = _mm512_loadu_si512(b->x + 16 * v); }
+    const __m512i mask = _mm512_set1_epi32((1 << P) - 1), ff = _mm512_set1_epi32(0xff), lo16 = _mm512_set1_epi32(0xffff);
+    const __m128i sP = _mm_cvtsi32_si128(P);
+    const ctx_lut lut = ctx_lut_load(cb->id);
+    const uint16_t *wa = a->w, *wb = b->w;
+    __m512i HI[8];
+    Py_ssize_t i = 0;
+#define ROOM(i) ((i) + lanes <= n && a->wend - wa >= lanes && b->wend - wb >= lanes)
+    /* software-pipelined: the exponents of the next group decode while the low bytes of
+     * this one (which wait on this group's exponents) do */
+    if (ROOM(0)) {
+        for (int v = 0; v < nv; v++) {
+            __m512i ea = _mm512_i32gather_epi32(_mm512_and_si512(XA[v], mask), tab_a, 4);
+            XA[v] = dec_step(XA[v], ea, sP, &wa);
+            HI[v] = _mm512_and_si512(ea, ff);
+        }
+        for (;;) {
+            for (int v = 0; v < nv; v++) {
+                __m512i slot = _mm512_and_si512(XB[v], mask);
+                if (cb->top) slot = _mm512_add_epi32(slot, ctx_offsets_dw(&lut, HI[v], sP));
+                __m512i eb = _mm512_i32gather_epi32(slot, tab_b, 4);
+                XB[v] = dec_step(XB[v], eb, sP, &wb);
+                __m512i val = _mm512_or_si512(_mm512_slli_epi32(HI[v], 8), _mm512_and_si512(eb, ff));
+                if (rotate) val = _mm512_and_si512(_mm512_or_si512(_mm512_srli_epi32(val, 1), _mm512_slli_epi32(val, 15)), lo16);
+                _mm256_storeu_si256((__m256i *)(out16 + i + 16 * v), _mm512_cvtepi32_epi16(val));
+            }
+            i += lanes;
+            if (!ROOM(i)) break;
+            for (int v = 0; v < nv; v++) {
+                __m512i ea = _mm512_i32gather_epi32(_mm512_and_si512(XA[v], mask), tab_a, 4);
+                XA[v] = dec_step(XA[v], ea, sP, &wa);
+                HI[v] = _mm512_and_si512(ea, ff);
+            }
+        }
+    }
+#undef ROOM
+    for (int v = 0; v < nv; v++) { _mm512_storeu_si512(a->x + 16 * v, XA[v]); _mm512_storeu_si512(b->x + 16 * v, XB[v]); }
+    a->w = wa;
+    b->w = wb;
+    return i;
+}
+
+SIMD_TARGET static Py_ssize_t dec2_avx512(const uint32_t *tab_a, rans_dec *a, const uint32_t *tab_b, const ctx_t *cb,
+                                          rans_dec *b, int P, Py_ssize_t n, uint16_t *out16, int rotate, int nv) {
+    switch (nv) { /* constant lane counts keep the states in registers */
+    case 1: return dec2_avx512_nv(tab_a, a, tab_b, cb, b, P, n, out16, rotate, 1);
+    case 2: return dec2_avx512_nv(tab_a, a, tab_b, cb, b, P, n, out16, rotate, 2);
+    case 4: return dec2_avx512_nv(tab_a, a, tab_b, cb, b, P, n, out16, rotate, 4);
+    default: return dec2_avx512_nv(tab_a, a, tab_b, cb, b, P, n, out16, rotate, nv);
+    }
+}
+#endif
 
 /* rans_decode(stream, freq u32[ntables*256], P, lanes, dst[, top, ctxmap[, other, sym_high,
  * rotate]]) -> bytes consumed, or -1 if the stream is corrupt (runs out, or the final
@@ -843,9 +941,36 @@ static int plane_chunk(const ans_section *sec, Py_ssize_t i, Py_ssize_t a, Py_ss
                    (Py_ssize_t)sec->sizes[i] ? 0 : -1;
 }
 
+#if HAVE_SIMD
+/* Both planes coded, with the same lanes: one pass (dec2_avx512), then each stream's last
+ * partial group the two-pass way: the exponents into tmp, the low bytes joined with them. */
+static int t16_chunk_fused(t16 *t, Py_ssize_t i, Py_ssize_t a, Py_ssize_t m) {
+    const ans_section *s0 = &t->sec[0], *s1 = &t->sec[1];
+    uint8_t *tmp = t->tmp + a;
+    uint16_t *out16 = (uint16_t *)t->out + a;
+    int lanes = s0->lanes;
+    rans_dec da, db;
+    if (rans_dec_init(&da, s0->streams[i], (Py_ssize_t)s0->sizes[i], lanes) < 0 ||
+        rans_dec_init(&db, s1->streams[i], (Py_ssize_t)s1->sizes[i], lanes) < 0)
+        return -1;
+    ctx_t none, c;
+    memset(&none, 0, sizeof none);
+    c = s1->method == 2 ? t->ctx : none;
+    c.top = s1->method == 2 ? tmp : NULL;
+    Py_ssize_t i0 = dec2_avx512(s0->tab, &da, s1->tab, &c, &db, t->P, m, out16, t->rotate, lanes / 16);
+    dec_sink first = {tmp, NULL, NULL, 1, 0}, second = {NULL, tmp, out16, 0, t->rotate};
+    if (rans_dec_finish(&da, s0->tab, t->P, lanes, &none, &first, i0, m) != (Py_ssize_t)s0->sizes[i]) return -1;
+    return rans_dec_finish(&db, s1->tab, t->P, lanes, &c, &second, i0, m) == (Py_ssize_t)s1->sizes[i] ? 0 : -1;
+}
+#endif
+
 static int t16_chunk(t16 *t, Py_ssize_t i) {
     Py_ssize_t a = i * t->chunk, m = t->n - a < t->chunk ? t->n - a : t->chunk;
     const ans_section *s0 = &t->sec[0], *s1 = &t->sec[1];
+#if HAVE_SIMD
+    if (s0->method == 1 && s1->method != 0 && s0->lanes == s1->lanes && SIMD_LANES(s0->lanes) && use_simd())
+        return t16_chunk_fused(t, i, a, m);
+#endif
     uint8_t *tmp = t->tmp + a;
     uint16_t *out16 = (uint16_t *)t->out + a;
     ctx_t none;
