@@ -1,6 +1,8 @@
 """Bad input gets a clear nzip error (a ValueError), never a crash, hang or huge allocation."""
 
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -93,6 +95,34 @@ def test_absurd_shapes_do_not_allocate(codec):
     # plausible but wrong: more elements than the payload can hold
     with pytest.raises(NzipError):
         codecs.decode(reframe(frame, lambda h, p: ({**h, "shape": [10_000_000]}, p)))
+
+
+def test_forged_sizes_commit_no_memory_in_decode_many(tmp_path):
+    """decode_many allocates every output before the codecs check their payloads, and
+    faults the pages in up front; a forged size must not make it touch them (it only does
+    so when the output is a plausible multiple of the compressed input). Peak memory is
+    measured in a fresh process."""
+    frame = codecs.encode(np.zeros(1000, np.float32), "zstd")
+    forged = reframe(frame, lambda h, p: ({**h, "shape": [1 << 28]}, p))  # 1 GiB from ~30 bytes
+    path = tmp_path / "forged.nzf"
+    path.write_bytes(forged)
+    code = (
+        "import resource, sys\n"
+        "from nzip import codecs\n"
+        "from nzip.errors import CorruptDataError\n"
+        "frame = open(sys.argv[1], 'rb').read()\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "try:\n"
+        "    codecs.decode_many([frame])\n"
+        "except CorruptDataError:\n"
+        "    pass\n"
+        "else:\n"
+        "    sys.exit('decoded a forged frame')\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n"
+    )
+    grown_mib = int(subprocess.run([sys.executable, "-c", code, str(path)], check=True, capture_output=True,
+                                   text=True).stdout)
+    assert grown_mib < 100
 
 
 def test_header_lies_are_caught():

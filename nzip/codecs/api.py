@@ -114,7 +114,7 @@ def decode_many(frames, out=None, threads: int = 0) -> list:
     try:
         parsed = [_parse_frame(f, verify=False) for f in frames]
         if out is None:
-            bufs = fresh_buffers([p[4] * p[2].itemsize for p in parsed])
+            bufs = fresh_buffers([p[4] * p[2].itemsize for p in parsed], source_bytes=sum(len(p[1]) for p in parsed))
         else:
             if len(out) != len(parsed):
                 raise BadParameterError("decode_many: one out buffer per frame")

@@ -382,7 +382,8 @@ class Container:
         if framework == "torch" and device is not None and _is_gpu(device):
             return self._tensors_on_gpu(names, device, threads)
         shapes = {n: check_shape(self.entry(n)["dtype"], self.entry(n)["shape"]) for n in names}
-        outs = dict(zip(names, fresh_buffers([shapes[n][2] * shapes[n][0].itemsize for n in names], ALIGN)))
+        outs = dict(zip(names, fresh_buffers([shapes[n][2] * shapes[n][0].itemsize for n in names], ALIGN,
+                                             source_bytes=sum(self._entries[n].get("size", 0) for n in names))))
         threads = resolve_threads(threads)
 
         def job(n):
