@@ -117,6 +117,39 @@ def test_levels_trade_size_for_fidelity(name, request, tmp_path):
     assert quality["low"] < quality["high"] and quality["high"] > 40 and quality["medium"] > 33
 
 
+def test_importance_tiers_buy_fidelity(sh3, tmp_path, monkeypatch):
+    """Tiers (finer steps for opaque, large Gaussians, coarser for the rest) render better
+    at about the same size than one grid for all."""
+    from nzip.scenes import codec
+
+    cams = cams_for(sh3)
+    result = {}
+    for tiers in (1, 7):
+        monkeypatch.setitem(codec.LEVELS, "medium", {**codec.LEVELS["medium"], "tiers": tiers})
+        report = encode_scene(sh3, tmp_path / f"t{tiers}.nzs", level="medium")
+        result[tiers] = report["bytes"], fidelity(sh3, decode_scene(tmp_path / f"t{tiers}.nzs"), cams)["psnr"]
+    assert result[7][0] < 1.1 * result[1][0] and result[7][1] > result[1][1] + 1, result
+
+
+def test_tiers_that_disagree_with_their_arrays_are_refused(donut, tmp_path):
+    """A forged file (valid checksums) whose tier array does not match the per-tier arrays."""
+    from nzip.dtypes import dtype_from_name
+    from nzip.formats import container
+
+    encode_scene(donut, tmp_path / "x.nzs", level="low")
+    with container.Container(tmp_path / "x.nzs") as box:
+        meta, t = box.metadata(), box.tensors(framework="numpy")
+    for name, edit in (("tier", lambda a: np.full_like(a, 3)), ("tier", lambda a: np.full_like(a, 9)),
+                       ("dc.3", lambda a: a[:-1])):
+        arrays = {**t, name: edit(t[name])}
+        items = [container.Item(k, np.ascontiguousarray(v).reshape(-1).view(np.uint8), dtype_from_name(v.dtype.name),
+                                v.shape, "zstd")
+                 for k, v in arrays.items()]
+        container.write(tmp_path / "forged.nzs", items, metadata=meta, overwrite=True)
+        with pytest.raises(FormatError, match="inconsistent"):
+            decode_scene(tmp_path / "forged.nzs")
+
+
 def test_lossless_restores_every_bit(sh3, scenes_dir, tmp_path):
     encode_scene(sh3, tmp_path / "x.nzs", level="lossless")
     back = decode_scene(tmp_path / "x.nzs")

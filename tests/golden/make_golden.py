@@ -53,18 +53,23 @@ def golden_scene():
 
 def write_storage_and_scene_files() -> None:
     """Golden files of the features added in nzip 0.2 (still format version 1): a nested
-    state dict and an incremental checkpoint referring to it, and .nzs scenes (the lossy
-    one with the values it decoded to when written)."""
+    state dict and an incremental checkpoint referring to it."""
     from nzip import save
-    from nzip.scenes.codec import decode_scene, encode_scene
 
     save(golden_state(1), HERE / "v1_nested.nz", threads=1)
     save(golden_state(2), HERE / "v1_incremental.nz", base=HERE / "v1_nested.nz", threads=1)
+    # the v1 scene files are frozen: scene format 1, written before importance tiers (format
+    # 2), kept to prove that format 1 still decodes; write_scene_files writes the current one
+
+
+def write_scene_files() -> None:
+    """Scene format 2 (importance tiers): a lossy .nzs and the values it decoded to."""
+    from nzip.scenes.codec import decode_scene, encode_scene
+
     scene = golden_scene()
-    encode_scene(scene, HERE / "v1_scene_lossless.nzs", level="lossless", overwrite=True, threads=1)
-    encode_scene(scene, HERE / "v1_scene_medium.nzs", level="medium", overwrite=True, threads=1)
-    back = decode_scene(HERE / "v1_scene_medium.nzs")
-    np.savez_compressed(HERE / "v1_scene_medium_decoded.npz", **{f: getattr(back, f) for f in
+    encode_scene(scene, HERE / "v2_scene_medium.nzs", level="medium", overwrite=True, threads=1)
+    back = decode_scene(HERE / "v2_scene_medium.nzs")
+    np.savez_compressed(HERE / "v2_scene_medium_decoded.npz", **{f: getattr(back, f) for f in
                         ("positions", "sh_dc", "sh_rest", "opacity", "scales", "rotations")})
 
 
@@ -117,6 +122,7 @@ def main() -> None:
     save({k: v for k, v in data.items() if k != "np_f16"}, HERE / "v1_container.nz",
          metadata={"golden": "v1"}, threads=1)
     write_storage_and_scene_files()
+    write_scene_files()
     write_lossy_files()
     write_pc_file()
 
