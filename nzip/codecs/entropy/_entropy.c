@@ -532,6 +532,11 @@ static inline __attribute__((always_inline)) SIMD_TARGET __m512i dec_step(__m512
     return _mm512_mask_or_epi32(y, km, _mm512_slli_epi32(y, 16), _mm512_maskz_expand_epi32(km, words));
 }
 
+/* 16-bit elements held in 32-bit lanes rotated right by one bit (the inverse of planes_split) */
+static inline __attribute__((always_inline)) SIMD_TARGET __m512i rotr1_16(__m512i v) {
+    return _mm512_and_si512(_mm512_or_si512(_mm512_srli_epi32(v, 1), _mm512_slli_epi32(v, 15)), _mm512_set1_epi32(0xffff));
+}
+
 /* AVX-512 decoder for 16 * nv lanes: one gather per 16 symbols (two with contexts, the
  * first off the critical path), and the words of the lanes that renormalise are expanded
  * into them in lane order. Runs while a whole group's words are surely in the buffer;
@@ -543,7 +548,7 @@ SIMD_TARGET static Py_ssize_t dec_avx512(const uint32_t *tab, const ctx_t *c, in
     const uint16_t *w = *wp;
     __m512i X[8];
     for (int v = 0; v < nv; v++) X[v] = _mm512_loadu_si512(x + 16 * v);
-    const __m512i mask = _mm512_set1_epi32((1 << P) - 1), ff = _mm512_set1_epi32(0xff), lo16 = _mm512_set1_epi32(0xffff);
+    const __m512i mask = _mm512_set1_epi32((1 << P) - 1), ff = _mm512_set1_epi32(0xff);
     const __m128i sP = _mm_cvtsi32_si128(P);
     const ctx_lut lut = ctx_lut_load(c->id);
     Py_ssize_t i = 0;
@@ -558,8 +563,7 @@ SIMD_TARGET static Py_ssize_t dec_avx512(const uint32_t *tab, const ctx_t *c, in
                 __m512i sym = _mm512_and_si512(e, ff), other = load16_u8(k->other + o);
                 __m512i val = k->sym_high ? _mm512_or_si512(_mm512_slli_epi32(sym, 8), other)
                                           : _mm512_or_si512(_mm512_slli_epi32(other, 8), sym);
-                if (k->rotate)
-                    val = _mm512_and_si512(_mm512_or_si512(_mm512_srli_epi32(val, 1), _mm512_slli_epi32(val, 15)), lo16);
+                if (k->rotate) val = rotr1_16(val);
                 _mm256_storeu_si256((__m256i *)(k->out16 + o), _mm512_cvtepi32_epi16(val));
             } else {
                 _mm_storeu_si128((__m128i *)(k->out8 + o), _mm512_cvtepi32_epi8(e));
@@ -645,6 +649,17 @@ static Py_ssize_t decode_stream(const uint8_t *src, Py_ssize_t srclen, const uin
 }
 
 #if HAVE_SIMD
+/* One group of exponents (16 * nv lanes of stream a): states XA advanced, symbols in HI */
+static inline __attribute__((always_inline)) SIMD_TARGET void dec2_exponents(__m512i *XA, __m512i *HI, const uint32_t *tab_a,
+                                                                            __m512i mask, __m128i sP, const uint16_t **wa,
+                                                                            const int nv) {
+    for (int v = 0; v < nv; v++) {
+        __m512i ea = _mm512_i32gather_epi32(_mm512_and_si512(XA[v], mask), tab_a, 4);
+        XA[v] = dec_step(XA[v], ea, sP, wa);
+        HI[v] = _mm512_and_si512(ea, _mm512_set1_epi32(0xff));
+    }
+}
+
 /* Both planes of a 16-bit chunk in one pass, 16 * nv lanes each: the exponent a (high
  * byte) decoded from stream a, then the low byte from stream b with its table picked by
  * that exponent straight from the register (when cb->top is set), and the element written
@@ -656,7 +671,7 @@ static inline __attribute__((always_inline)) SIMD_TARGET Py_ssize_t dec2_avx512_
     const int lanes = 16 * nv;
     __m512i XA[8], XB[8];
     for (int v = 0; v < nv; v++) { XA[v] = _mm512_loadu_si512(a->x + 16 * v); XB[v] = _mm512_loadu_si512(b->x + 16 * v); }
-    const __m512i mask = _mm512_set1_epi32((1 << P) - 1), ff = _mm512_set1_epi32(0xff), lo16 = _mm512_set1_epi32(0xffff);
+    const __m512i mask = _mm512_set1_epi32((1 << P) - 1), ff = _mm512_set1_epi32(0xff);
     const __m128i sP = _mm_cvtsi32_si128(P);
     const ctx_lut lut = ctx_lut_load(cb->id);
     const uint16_t *wa = a->w, *wb = b->w;
@@ -666,11 +681,7 @@ static inline __attribute__((always_inline)) SIMD_TARGET Py_ssize_t dec2_avx512_
     /* software-pipelined: the exponents of the next group decode while the low bytes of
      * this one (which wait on this group's exponents) do */
     if (ROOM(0)) {
-        for (int v = 0; v < nv; v++) {
-            __m512i ea = _mm512_i32gather_epi32(_mm512_and_si512(XA[v], mask), tab_a, 4);
-            XA[v] = dec_step(XA[v], ea, sP, &wa);
-            HI[v] = _mm512_and_si512(ea, ff);
-        }
+        dec2_exponents(XA, HI, tab_a, mask, sP, &wa, nv);
         for (;;) {
             for (int v = 0; v < nv; v++) {
                 __m512i slot = _mm512_and_si512(XB[v], mask);
@@ -678,16 +689,12 @@ static inline __attribute__((always_inline)) SIMD_TARGET Py_ssize_t dec2_avx512_
                 __m512i eb = _mm512_i32gather_epi32(slot, tab_b, 4);
                 XB[v] = dec_step(XB[v], eb, sP, &wb);
                 __m512i val = _mm512_or_si512(_mm512_slli_epi32(HI[v], 8), _mm512_and_si512(eb, ff));
-                if (rotate) val = _mm512_and_si512(_mm512_or_si512(_mm512_srli_epi32(val, 1), _mm512_slli_epi32(val, 15)), lo16);
+                if (rotate) val = rotr1_16(val);
                 _mm256_storeu_si256((__m256i *)(out16 + i + 16 * v), _mm512_cvtepi32_epi16(val));
             }
             i += lanes;
             if (!ROOM(i)) break;
-            for (int v = 0; v < nv; v++) {
-                __m512i ea = _mm512_i32gather_epi32(_mm512_and_si512(XA[v], mask), tab_a, 4);
-                XA[v] = dec_step(XA[v], ea, sP, &wa);
-                HI[v] = _mm512_and_si512(ea, ff);
-            }
+            dec2_exponents(XA, HI, tab_a, mask, sP, &wa, nv);
         }
     }
 #undef ROOM
