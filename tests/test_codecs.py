@@ -207,9 +207,9 @@ def test_ans16_one_pass_decoder(simd, lanes, contexts):
     _, payload = frame_format.unpack(frame)
     plane0 = 9 + int.from_bytes(payload[1:9], "little")
     assert (payload[0], payload[plane0]) == (1, 2 if contexts else 1)  # both planes coded: the fused case
+    f16 = codecs.encode(w.view(torch.float16), "ans", lanes=lanes, contexts=contexts, chunk=20_000)
     for threads in (1, 2):
         assert same_bits(codecs.decode(frame, threads=threads), w)
-        f16 = codecs.encode(w.view(torch.float16), "ans", lanes=lanes, contexts=contexts, chunk=20_000)
         assert same_bits(codecs.decode(f16, threads=threads), w.view(torch.float16))
     _entropy.set_simd(not simd)
     assert codecs.encode(w, "ans", lanes=lanes, contexts=contexts, chunk=20_000) == frame

@@ -133,8 +133,8 @@ def test_importance_tiers_buy_fidelity(sh3, tmp_path, monkeypatch):
 
 def test_tiers_that_disagree_with_their_arrays_are_refused(donut, tmp_path):
     """A forged file (valid checksums) whose tier array does not match the per-tier arrays."""
-    from nzip.dtypes import dtype_from_name
     from nzip.formats import container
+    from nzip.scenes.codec import _item
 
     encode_scene(donut, tmp_path / "x.nzs", level="low")
     with container.Container(tmp_path / "x.nzs") as box:
@@ -142,10 +142,7 @@ def test_tiers_that_disagree_with_their_arrays_are_refused(donut, tmp_path):
     for name, edit in (("tier", lambda a: np.full_like(a, 3)), ("tier", lambda a: np.full_like(a, 9)),
                        ("dc.3", lambda a: a[:-1])):
         arrays = {**t, name: edit(t[name])}
-        items = [container.Item(k, np.ascontiguousarray(v).reshape(-1).view(np.uint8), dtype_from_name(v.dtype.name),
-                                v.shape, "zstd")
-                 for k, v in arrays.items()]
-        container.write(tmp_path / "forged.nzs", items, metadata=meta, overwrite=True)
+        container.write(tmp_path / "forged.nzs", [_item(k, v) for k, v in arrays.items()], metadata=meta, overwrite=True)
         with pytest.raises(FormatError, match="inconsistent"):
             decode_scene(tmp_path / "forged.nzs")
 

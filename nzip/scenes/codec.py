@@ -98,8 +98,13 @@ def _index_dtype(k: int):
     return np.uint8 if k <= 256 else np.uint16
 
 
+def _alpha(opacity: np.ndarray) -> np.ndarray:
+    """Opacity logits as alpha in (0, 1), float64."""
+    return 1 / (1 + np.exp(-opacity.astype(np.float64)))
+
+
 def _prune_mask(scene: Scene, mode: int) -> np.ndarray:
-    alpha = 1 / (1 + np.exp(-scene.opacity.astype(np.float64)))
+    alpha = _alpha(scene.opacity)
     keep = alpha >= 1 / 255
     if mode >= 2:
         extent = float(np.linalg.norm(np.percentile(scene.positions, 95, axis=0) - np.percentile(scene.positions, 5, axis=0)))
@@ -115,9 +120,7 @@ def _tiers(opacity: np.ndarray, scales: np.ndarray, count: int) -> np.ndarray:
     minimise the error at a given rate are inversely proportional to alpha * size: a tier
     up halves them. Chosen by the encoder and stored (about 2 bits a Gaussian), so that the
     decoder follows it exactly."""
-    if count == 1:
-        return np.zeros(len(opacity), np.uint8)
-    alpha = 1 / (1 + np.exp(-opacity.astype(np.float64)))
+    alpha = _alpha(opacity)
     size = np.exp(np.sort(scales.astype(np.float64), axis=1)[:, 1:].mean(axis=1))  # the two largest axes
     importance = np.log2(np.maximum(alpha * size, 1e-30))
     t = np.rint(importance - np.median(importance)) + count // 2
@@ -198,7 +201,7 @@ def _lossy_items(scene: Scene, cfg: dict, meta: dict, seed: int) -> list[contain
         return np.ascontiguousarray(a[keep][order])
 
     obits = cfg["opacity_bits"]
-    alpha = 1 / (1 + np.exp(-take(scene.opacity).astype(np.float64)))
+    alpha = _alpha(take(scene.opacity))
     items.append(_item("opacity", np.rint(alpha * ((1 << obits) - 1)).astype(np.uint8)))
 
     # importance tiers: steps halve (rotation bits grow by one) per tier up
