@@ -4,8 +4,9 @@
     scene = read_scene("point_cloud.ply")       # or .spz (versions 2, 3, 4)
     write_scene(scene, "scene.spz")             # any of the two, by suffix
 
-The scene codec itself (residual vector quantization, `nzip pack scene.ply`) and the
-reference renderer are the next steps of issue 5; this package holds what they stand on.
+Beside them: the scene codec (`codec`: encode_scene / decode_scene, `nzip pack scene.ply`),
+its quantisers (`quantize`), the reference renderer (`render`) and the fidelity measure
+(`fidelity`, `nzip scene-eval`).
 """
 
 from .io import read_scene, write_scene
