@@ -28,6 +28,9 @@ Lossy levels (low, medium, high), fitted post hoc, no training images:
   under 1/255) in medium and low; in low also those under 2% opacity whose largest axis is
   under 0.1% of the scene's extent, and the whole lowest tier (alpha x size under 1/11 of
   the median: on gsplat_alti 17% fewer bytes for 0.9 dB, on the donut 9% for 1.6 dB).
+Optionally (refine=steps; `nzip pack --refine N`), the SH rest codebooks are then tuned by
+gradient descent against renders of the original from cameras other than fidelity's
+(nzip.scenes.refine): the same bytes, a closer render.
 Every array (indices, deltas, codebooks) is then coded by whichever of nzip's lossless
 codecs makes it smallest (ans, planes, zstd, raw).
 
@@ -148,10 +151,15 @@ def _join_tiers(t: dict, name: str, tier: np.ndarray, count: int, width: int) ->
 
 
 def encode_scene(scene: Scene, path: str | os.PathLike, level: str = "medium", overwrite: bool = False,
-                 threads: int = 0, seed: int = 0) -> dict:
-    """Write `scene` as a .nzs file; returns {"level", "count", "kept", "bytes", "seconds", "parts"}."""
+                 threads: int = 0, seed: int = 0, refine: int = 0, device="cpu", progress=None) -> dict:
+    """Write `scene` as a .nzs file; returns {"level", "count", "kept", "bytes", "seconds", "parts"}.
+
+    refine: steps of codebook refinement against renders of `scene` (nzip.scenes.refine; SH
+    degree >= 1 and the lossy levels only), on `device`; progress(step, loss) after each."""
     if level not in (*LEVELS, "lossless"):
         raise BadParameterError(f"scene level {level!r}: one of low, medium, high, lossless")
+    if not isinstance(refine, int) or refine < 0:
+        raise BadParameterError(f"refine is a number of steps (>= 0), got {refine!r}")
     if len(scene) == 0:
         raise FormatError("the scene holds no Gaussians")
     scene.check_finite()
@@ -167,6 +175,8 @@ def encode_scene(scene: Scene, path: str | os.PathLike, level: str = "medium", o
         meta["extra"] = list(scene.extra)
     else:
         items = _lossy_items(scene, LEVELS[level], meta, seed)
+        if refine and scene.sh_degree:
+            items = _refined(scene, items, meta, refine, device, progress)
     header = container.write(path, items, metadata=meta, threads=threads, overwrite=overwrite)
     parts: dict[str, int] = {}
     for e in header["tensors"]:
@@ -240,6 +250,19 @@ def _lossy_items(scene: Scene, cfg: dict, meta: dict, seed: int) -> list[contain
             items.append(_item(f"{g}.book{s}", book.numpy().astype(np.float16)))
             items.append(_item(f"{g}.index{s}", idx.numpy().astype(_index_dtype(len(book)))))
     return items
+
+
+def _refined(scene: Scene, items: list[container.Item], meta: dict, steps: int, device, progress) -> list[container.Item]:
+    """items with the SH rest codebooks tuned against renders of `scene` (same format)."""
+    from .refine import refine_codebooks
+
+    arrays = {it.name: np.frombuffer(it.raw, np.dtype(it.dtype.name)).reshape(it.shape) for it in items}
+    stages = range(int(meta["rest_stages"]))
+    books = refine_codebooks(scene, _decode_lossy(arrays, meta), [arrays[f"rest.book{s}"] for s in stages],
+                             [arrays[f"rest.index{s}"] for s in stages], steps, device=device, progress=progress)
+    meta["refined_steps"] = steps
+    new = {f"rest.book{s}": _item(f"rest.book{s}", book.astype(np.float16)) for s, book in zip(stages, books)}
+    return [new.get(it.name, it) for it in items]
 
 
 def decode_scene(path: str | os.PathLike, threads: int = 0) -> Scene:
