@@ -20,6 +20,7 @@ from ..errors import CorruptDataError
 from .entropy import _entropy, rans, zstd
 from .payload import Reader
 from .registry import Codec, register
+from .scratch import scratch
 from ..parallel import pmap
 
 RAW, RANS, ZSTD = 0, 1, 2
@@ -144,11 +145,12 @@ class Planes(Codec):
             a, b = spans[i]
             m = b - a
             cr = Reader(payload[int(starts[i]) : int(starts[i]) + int(sizes[i])], "planes")
-            planes = np.empty(m * word, np.uint8)
+            # planes into this thread's scratch (no fresh pages per chunk), joined straight into out
+            planes = scratch(m * word, slot=1)
             for k in range(word):
                 decode_block(cr, planes[k * m : (k + 1) * m], self.precision)
             cr.done()
-            out[a * word : b * word] = join(planes, dtype)
+            join(planes, dtype, out=out[a * word : b * word])
 
         pmap(decode_chunk, range(len(spans)), threads)
         return out
