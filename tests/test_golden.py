@@ -68,10 +68,13 @@ def test_golden_scenes():
     expected = np.load(HERE / "v1_scene_medium_decoded.npz")
     tiered = decode_scene(HERE / "v2_scene_medium.nzs")  # format 2: importance tiers
     expected_tiered = np.load(HERE / "v2_scene_medium_decoded.npz")
+    rotation_tiered = decode_scene(HERE / "v3_scene_medium.nzs")  # format 3: rotation tiers
+    expected_rotation_tiered = np.load(HERE / "v3_scene_medium_decoded.npz")
     for field in ("positions", "sh_dc", "sh_rest", "opacity", "scales", "rotations"):
         assert np.array_equal(getattr(exact, field), getattr(scene, field)), field
         assert np.array_equal(getattr(medium, field), expected[field]), field
         assert np.array_equal(getattr(tiered, field), expected_tiered[field]), field
+        assert np.array_equal(getattr(rotation_tiered, field), expected_rotation_tiered[field]), field
 
 
 def test_golden_lossy_frames():
