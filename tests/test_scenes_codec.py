@@ -167,8 +167,9 @@ def test_tiers_that_disagree_with_their_arrays_are_refused(donut, tmp_path):
     with container.Container(tmp_path / "x.nzs") as box:
         meta, t = box.metadata(), box.tensors(framework="numpy")
     for name, edit in (("tier", lambda a: np.full_like(a, 3)), ("tier", lambda a: np.full_like(a, 9)),
-                       ("dc.3", lambda a: a[:-1]), ("rotation.tier.3", lambda a: np.full_like(a, 7)),
-                       ("rotation.tier.3", lambda a: a[:-1]), ("rotation.small.3", lambda a: a[:-1])):
+                       ("dc.3", lambda a: a[:-1]), ("rotation.tier", lambda a: np.full_like(a, 13)),
+                       ("rotation.tier", lambda a: np.zeros_like(a)), ("rotation.tier", lambda a: a[:-1]),
+                       ("rotation.small.3", lambda a: a[:-1])):
         arrays = {**t, name: edit(t[name])}
         container.write(tmp_path / "forged.nzs", [_item(k, v) for k, v in arrays.items()], metadata=meta, overwrite=True)
         with pytest.raises(FormatError, match="inconsistent"):

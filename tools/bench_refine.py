@@ -1,7 +1,7 @@
 """Codebook refinement against renders (nzip.scenes.refine): what it buys, scene by scene.
 
-    python tools/bench_refine.py [--scenes DIR] [--levels low,medium,high] [--steps 1000]
-                                 [--lr 2e-4] [--device cuda] [--readme]
+    python tools/bench_refine.py [--scenes DIR] [--levels low,medium,high] [--steps 2000]
+                                 [--lr 1e-4] [--device cuda] [--readme]
 
 For every SH3 scene (only those have codebooks: the SH rest) and level: the .nzs bytes and
 fidelity (PSNR/SSIM from the 24 orbit cameras at 256 x 192 that tools/bench_scenes.py
@@ -50,8 +50,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenes", default=str(ROOT.parent / "shared" / "data" / "scenes"))
     ap.add_argument("--levels", default="low,medium,high")
-    ap.add_argument("--steps", default="1000")
-    ap.add_argument("--lr", default="2e-4")
+    ap.add_argument("--steps", default="2000")
+    ap.add_argument("--lr", default="1e-4")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "scenes_refine.json"))
     ap.add_argument("--readme", action="store_true")
@@ -64,6 +64,14 @@ def main() -> int:
         renderer = "nzip.scenes.render"
     rows = []
     work = Path(tempfile.mkdtemp())
+
+    def save(rows: list) -> dict:
+        result = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+                  "renderer": renderer, "torch": torch.__version__, "rows": rows}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        return result
+
     for name in SCENES:
         path = Path(args.scenes) / name
         if not path.exists():
@@ -90,13 +98,11 @@ def main() -> int:
                            "refined_bytes": rep["bytes"], "refined_psnr": got["psnr"], "refined_ssim": got["ssim"],
                            "seconds": seconds}
                     rows.append(row)
+                    save(rows)  # after every row: a run cut short keeps what it measured
                     print(f"{name:24s} {level:7s} {plain['bytes']:8d} B {base['psnr']:6.2f} dB -> steps {steps:5d} "
                           f"lr {lr:g}: {rep['bytes']:8d} B {got['psnr']:6.2f} dB ({got['psnr'] - base['psnr']:+.2f}) "
                           f"{seconds:6.1f} s", flush=True)
-    result = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
-              "renderer": renderer, "torch": torch.__version__, "rows": rows}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    result = save(rows)
     print(table(result))
     if args.readme:
         replace_table("refine", table(result))
