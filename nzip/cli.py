@@ -35,22 +35,13 @@ from .formats import container, safetensors
 from .formats.atomic import atomic_write
 
 
-def _progress(args, total: int, desc: str):
+def _progress(args, total: int, desc: str, unit: str = "B"):
     """A tqdm bar on a terminal (unless -q); otherwise a no-op."""
     if args.quiet or not sys.stderr.isatty():
         return contextlib.nullcontext(None)
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="B", unit_scale=True, desc=desc, leave=False)
-
-
-def _steps_bar(args, total: int, desc: str):
-    """A tqdm bar counting steps on a terminal (unless -q or no steps); otherwise a no-op."""
-    if not total or args.quiet or not sys.stderr.isatty():
-        return contextlib.nullcontext(None)
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="step", desc=desc, leave=False)
+    return tqdm(total=total, unit=unit, unit_scale=unit == "B", desc=desc, leave=False)
 
 
 def _cuda() -> bool:
@@ -248,7 +239,8 @@ def _pack_scene(args, src: Path) -> None:
     if level not in SCENE_LEVELS:
         raise NzipError(f"--quality for scenes is one of {', '.join(SCENE_LEVELS)}, got {level!r}")
     device = args.device or ("cuda" if args.refine and _cuda() else "cpu")
-    with _steps_bar(args, args.refine, "refining codebooks") as bar:
+    steps = _progress(args, args.refine, "refining codebooks", unit="step") if args.refine else contextlib.nullcontext()
+    with steps as bar:
         report = encode_scene(scene, dst, level=level, overwrite=args.force, threads=args.threads,
                               refine=args.refine, device=device,
                               progress=(lambda step, loss: bar.update(1)) if bar is not None else None)

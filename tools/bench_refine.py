@@ -25,10 +25,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nzip.scenes import read_scene  # noqa: E402
 from nzip.scenes.codec import decode_scene, encode_scene  # noqa: E402
 from nzip.scenes.fidelity import fidelity, renders  # noqa: E402
 from nzip.scenes.render import orbit  # noqa: E402
+import nzip.scenes.refine as refine  # noqa: E402
+from bench_scenes import each_scene  # noqa: E402
 from readme_table import replace_table  # noqa: E402
 
 SCENES = ["gsplat_alti_sh3.ply", "try_iter7000_sh3.ply", "pod_sh3_v2.spz"]
@@ -72,12 +73,7 @@ def main() -> int:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
         return result
 
-    for name in SCENES:
-        path = Path(args.scenes) / name
-        if not path.exists():
-            print(f"skipping {name}: not under {args.scenes}")
-            continue
-        scene = read_scene(path)
+    for name, scene in each_scene(args.scenes, SCENES):
         cams = orbit(scene, 24, 256, 192)
         targets = renders(scene, cams, device=args.device)
         for level in args.levels.split(","):
@@ -85,8 +81,6 @@ def main() -> int:
             base = fidelity(targets, decode_scene(work / "plain.nzs"), cams, device=args.device)
             for steps in (int(s) for s in args.steps.split(",")):
                 for lr in (float(x) for x in args.lr.split(",")):
-                    import nzip.scenes.refine as refine
-
                     refine.DEFAULT_LR = lr
                     t0 = time.perf_counter()
                     rep = encode_scene(scene, work / "refined.nzs", level=level, overwrite=True, refine=steps,

@@ -43,6 +43,16 @@ SCENES = ["v3dg_donut_fused.ply", "guitar_decoded_inria.ply", "biker_decoded_inr
 LEVELS = ["low", "medium", "high", "lossless"]
 
 
+def each_scene(folder: str | Path, names: list[str] = SCENES):
+    """(name, scene) for each of `names` found under `folder`; says which are not there."""
+    for name in names:
+        path = Path(folder) / name
+        if not path.exists():
+            print(f"skipping {name}: not under {folder}")
+            continue
+        yield name, read_scene(path)
+
+
 def bench_scene(name: str, views: int, size: tuple[int, int], work: Path) -> dict:
     path = DATA / name
     scene = read_scene(path)

@@ -27,14 +27,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nzip.scenes import read_scene  # noqa: E402
 from nzip.scenes.fidelity import psnr, ssim  # noqa: E402
+from nzip.scenes.refine import GSPLAT_ARGS, gsplat_cameras  # noqa: E402
 from nzip.scenes.render import Camera, SceneTensors, orbit, render  # noqa: E402
 from nzip.scenes.scene import Scene  # noqa: E402
+from bench_scenes import each_scene  # noqa: E402
 
-SCENES = ["v3dg_donut_fused.ply", "guitar_decoded_inria.ply", "biker_decoded_inria.ply",
-          "gsplat_alti_sh3.ply", "try_iter7000_sh3.ply", "pod_sh3_v2.spz"]
-NEAR = 0.2  # nzip.scenes.render culls Gaussians nearer than this
 
 
 def gsplat_renders(scene: Scene, cams: list[Camera]) -> list[torch.Tensor]:
@@ -44,18 +42,11 @@ def gsplat_renders(scene: Scene, cams: list[Camera]) -> list[torch.Tensor]:
     def t(a):
         return torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32, device="cuda")
 
-    viewmats = torch.zeros(len(cams), 4, 4)
-    Ks = torch.zeros(len(cams), 3, 3)
-    for i, c in enumerate(cams):
-        viewmats[i, :3, :3] = torch.as_tensor(c.R)
-        viewmats[i, :3, 3] = torch.as_tensor(c.t)
-        viewmats[i, 3, 3] = 1
-        Ks[i] = torch.tensor([[c.fx, 0, c.cx], [0, c.fy, c.cy], [0, 0, 1]])
+    viewmats, Ks = gsplat_cameras(cams, "cuda")
     shs = torch.cat([t(scene.sh_dc)[:, None, :], t(scene.sh_rest)], dim=1)
     images, _, _ = rasterization(
         t(scene.positions), t(scene.rotations), torch.exp(t(scene.scales)), torch.sigmoid(t(scene.opacity)), shs,
-        viewmats.cuda(), Ks.cuda(), cams[0].width, cams[0].height, near_plane=NEAR, eps2d=0.3,
-        sh_degree=scene.sh_degree, packed=False, tile_size=16, rasterize_mode="classic")
+        viewmats, Ks, cams[0].width, cams[0].height, sh_degree=scene.sh_degree, **GSPLAT_ARGS)
     return [im.clamp(0, 1) for im in images]
 
 
@@ -99,12 +90,7 @@ def main() -> int:
     import gsplat
 
     rows = []
-    for name in SCENES:
-        path = Path(args.scenes) / name
-        if not path.exists():
-            print(f"skipping {name}: not under {args.scenes}")
-            continue
-        scene = read_scene(path)
+    for name, scene in each_scene(args.scenes):
         for size in args.sizes.split(","):
             w, h = (int(x) for x in size.split("x"))
             row = {"scene": name, "gaussians": len(scene), "sh_degree": scene.sh_degree, **compare(scene, args.views, w, h)}

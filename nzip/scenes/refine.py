@@ -15,13 +15,12 @@ on CUDA with gsplat installed, gsplat's rasteriser, about a thousand times faste
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from .render import Camera, SceneTensors, look_at, render
+from .render import NEAR, Camera, SceneTensors, orbit, render
 from .scene import Scene
 
 ELEVATIONS = (10, -10, 35, -35)
@@ -30,21 +29,25 @@ DEFAULT_LR = 1e-4  # Adam's step (codebook entries are ~0.01-0.3): best of a swe
 
 def training_cameras(scene: Scene, views: int = 48, width: int = 256, height: int = 192,
                      fov_deg: float = 60.0) -> list[Camera]:
-    """An orbit around the scene (the robust centre and radius of render.orbit) at the
-    elevations ELEVATIONS in turn, azimuths half a step off render.orbit's."""
-    p = scene.positions.astype(np.float64)
-    centre = np.median(p, axis=0)
-    radius = float(np.percentile(np.linalg.norm(p - centre, axis=1), 90)) or 1.0
-    distance = radius / math.tan(math.radians(fov_deg) / 2) * 1.1
-    cams = []
-    for i in range(views):
-        azimuth = 2 * math.pi * (i + 0.5) / views
-        elevation = math.radians(ELEVATIONS[i % len(ELEVATIONS)])
-        offset = np.array([math.cos(elevation) * math.sin(azimuth), -math.sin(elevation),
-                           math.cos(elevation) * math.cos(azimuth)])
-        cams.append(look_at(centre + distance * offset, centre, np.array([0.0, -1.0, 0.0]), width, height,
-                            math.radians(fov_deg)))
-    return cams
+    """render.orbit at the elevations ELEVATIONS in turn, azimuths half a step off its own."""
+    return orbit(scene, views, width, height, fov_deg, elevations=ELEVATIONS, phase=0.5)
+
+
+# gsplat.rasterization's settings that draw what render.render draws (black background)
+GSPLAT_ARGS = {"near_plane": NEAR, "eps2d": 0.3, "packed": False, "rasterize_mode": "classic"}
+
+
+def gsplat_cameras(cams: list[Camera], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cameras as gsplat takes them: world-to-camera matrices (C x 4 x 4) and
+    intrinsics (C x 3 x 3), float32 on `device`."""
+    viewmats = torch.zeros(len(cams), 4, 4)
+    Ks = torch.zeros(len(cams), 3, 3)
+    for i, c in enumerate(cams):
+        viewmats[i, :3, :3] = torch.as_tensor(c.R)
+        viewmats[i, :3, 3] = torch.as_tensor(c.t)
+        viewmats[i, 3, 3] = 1
+        Ks[i] = torch.tensor([[c.fx, 0, c.cx], [0, c.fy, c.cy], [0, 0, 1]])
+    return viewmats.to(device), Ks.to(device)
 
 
 def _gsplat_renderer(scene: Scene, device) -> Callable | None:
@@ -63,13 +66,9 @@ def _gsplat_renderer(scene: Scene, device) -> Callable | None:
     opacities, dc = torch.sigmoid(t(scene.opacity)), t(scene.sh_dc)[:, None, :]
 
     def draw(sh_rest: torch.Tensor, cam: Camera) -> torch.Tensor:
-        view = torch.eye(4, device=device)
-        view[:3, :3] = torch.as_tensor(cam.R, dtype=torch.float32)
-        view[:3, 3] = torch.as_tensor(cam.t, dtype=torch.float32)
-        K = torch.tensor([[cam.fx, 0, cam.cx], [0, cam.fy, cam.cy], [0, 0, 1]], dtype=torch.float32, device=device)
-        image, _, _ = rasterization(means, quats, scales, opacities, torch.cat([dc, sh_rest], dim=1), view[None], K[None],
-                                    cam.width, cam.height, near_plane=0.2, eps2d=0.3, sh_degree=scene.sh_degree,
-                                    packed=False, rasterize_mode="classic")
+        view, K = gsplat_cameras([cam], device)
+        image, _, _ = rasterization(means, quats, scales, opacities, torch.cat([dc, sh_rest], dim=1), view, K,
+                                    cam.width, cam.height, sh_degree=scene.sh_degree, **GSPLAT_ARGS)
         return image[0]
 
     return draw
@@ -120,4 +119,4 @@ def refine_codebooks(original: Scene, decoded: Scene, books: list[np.ndarray], i
     return [p.detach().cpu().numpy() for p in params]
 
 
-__all__ = ["refine_codebooks", "renderer", "training_cameras"]
+__all__ = ["GSPLAT_ARGS", "gsplat_cameras", "refine_codebooks", "renderer", "training_cameras"]

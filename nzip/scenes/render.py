@@ -29,6 +29,7 @@ import torch
 from .scene import Scene
 
 TILE = 16
+NEAR = 0.2  # Gaussians nearer the camera than this are not drawn
 CHUNK = 32
 SH_C0 = 0.28209479177387814
 SH_C1 = 0.4886025119029199
@@ -66,18 +67,20 @@ def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray, width: int, hei
     return Camera(R, -R @ eye, fx, fx, width / 2, height / 2, width, height)
 
 
-def orbit(scene: Scene, views: int = 24, width: int = 320, height: int = 240, fov_deg: float = 60.0) -> list[Camera]:
-    """`views` cameras on a ring around the scene, alternately 20 degrees above and below its
-    centre (robust: the median position, and the 90th-percentile distance from it), looking
-    at the centre; 'up' is -y (COLMAP scenes have y pointing down)."""
+def orbit(scene: Scene, views: int = 24, width: int = 320, height: int = 240, fov_deg: float = 60.0,
+          elevations: tuple[float, ...] = (20, -20), phase: float = 0.0) -> list[Camera]:
+    """`views` cameras on a ring around the scene, at the elevations (degrees above its
+    centre) in turn, 20 above and below by default, azimuths `phase` of a step from 0 (robust
+    centre and radius: the median position, and the 90th-percentile distance from it),
+    looking at the centre; 'up' is -y (COLMAP scenes have y pointing down)."""
     p = scene.positions.astype(np.float64)
     center = np.median(p, axis=0)
     radius = float(np.percentile(np.linalg.norm(p - center, axis=1), 90)) or 1.0
     distance = radius / math.tan(math.radians(fov_deg) / 2) * 1.1
     cams = []
     for i in range(views):
-        azimuth = 2 * math.pi * i / views
-        elevation = math.radians(20 if i % 2 == 0 else -20)
+        azimuth = 2 * math.pi * (i + phase) / views
+        elevation = math.radians(elevations[i % len(elevations)])
         offset = np.array([math.cos(elevation) * math.sin(azimuth), -math.sin(elevation),
                            math.cos(elevation) * math.cos(azimuth)])
         cams.append(look_at(center + distance * offset, center, np.array([0.0, -1.0, 0.0]), width, height,
@@ -139,7 +142,7 @@ def render(scene: Scene | SceneTensors, cam: Camera) -> torch.Tensor:
     T = torch.as_tensor(cam.t, dtype=torch.float32, device=dev)
     p = g.means @ R.T + T
     depth = p[:, 2]
-    visible = depth > 0.2
+    visible = depth > NEAR
     idx = torch.nonzero(visible).squeeze(1)
     p, depth = p[idx], depth[idx]
     lim_x = 1.3 * (0.5 * cam.width / cam.fx)
