@@ -7,7 +7,7 @@ container decoding tensors in parallel, each codec splitting its own work) never
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Callable, Iterable, TypeVar
 
 T = TypeVar("T")
@@ -84,6 +84,45 @@ def pmap_balanced(fn: Callable[[T, int], R], items: Iterable[T], threads: int,
     return out
 
 
-def in_background(fn: Callable[[], R], threads: int = 2):
-    """Run fn() on the shared pool while the caller goes on; returns its Future."""
-    return _get_pool(max(threads, 2)).submit(fn)
+class SideTask:
+    """Work to run once, on whichever thread comes free first: a compiled batch runs it on
+    one of its own threads when that thread has nothing better to do (the ans decoder, once
+    it has faulted in its output), so that it takes no core from the batch; else start() puts
+    it on the pool; result() runs it on the spot if nobody has yet, and waits for it."""
+
+    def __init__(self, fn: Callable[[], R]):
+        self._fn = fn
+        self._lock = threading.Lock()
+        self._future: Future | None = None
+
+    def _claim(self) -> Future | None:
+        with self._lock:
+            if self._future is not None:
+                return None
+            self._future = Future()
+            return self._future
+
+    def _fill(self, future: Future) -> None:
+        try:
+            future.set_result(self._fn())
+        except BaseException as exc:  # handed to result()
+            future.set_exception(exc)
+
+    def run(self) -> None:
+        """Run it here, unless it has run or is running elsewhere; never raises (result() does)."""
+        future = self._claim()
+        if future is not None:
+            self._fill(future)
+
+    def start(self, threads: int = 2) -> None:
+        """Run it on the pool, unless it has run or is running elsewhere (inline when called
+        from the pool: its workers may all be waiting on this one)."""
+        future = self._claim()
+        if future is not None and getattr(_local, "inside", False):
+            self._fill(future)
+        elif future is not None:
+            _get_pool(max(threads, 2)).submit(self._fill, future)
+
+    def result(self):
+        self.run()
+        return self._future.result()

@@ -262,6 +262,49 @@ def test_decode_many_matches_decode(threads):
     assert all(a.tobytes() == to_bytes(o)[0].tobytes() for a, o in zip(outs, expected))
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_ans_batch_faulting_in_ahead_runs_the_side_task_once(threads):
+    """The ans batch faults fresh output in ahead of its decoders and runs the side task
+    (decode_many's checksums) on the faulting thread: the same bytes as without, the task
+    exactly once; refused arguments leave it for SideTask.result() to run."""
+    from nzip.codecs.entropy import _entropy
+    from nzip.codecs.scratch import fresh_buffers
+    from nzip.parallel import SideTask
+
+    g = torch.Generator().manual_seed(7)
+    tensors = [(torch.randn(n, generator=g) * 0.02).to(torch.bfloat16) for n in (3_000_000, 1, 70_000, 0, 1_200_000)]
+    frames = [codecs.encode(t, "ans") for t in tensors]
+    codec = codecs.get(frame_format.unpack(frames[0])[0]["codec"])
+    payloads = [frame_format.unpack(f)[1] for f in frames]
+    calls = []
+    task = SideTask(lambda: calls.append(1) or "done")
+    for fault, side in ((True, task.run), (False, None)):
+        outs = fresh_buffers([2 * t.numel() for t in tensors])
+        rcs = _entropy.ans_decode16_batch([(p, o, codec.chunk, codec.precision, True) for p, o in zip(payloads, outs)],
+                                          threads, fault, side)
+        assert rcs == [0] * len(tensors)
+        assert all(o.tobytes() == to_bytes(t)[0].tobytes() for o, t in zip(outs, tensors))
+    assert calls == [1] and task.result() == "done"
+    late = SideTask(lambda: calls.append(2))
+    with pytest.raises(ValueError):
+        _entropy.ans_decode16_batch([(payloads[0], np.empty(3, np.uint8), codec.chunk, codec.precision, True)],
+                                    threads, True, late.run)
+    late.result()
+    assert calls == [1, 2]
+
+
+def test_side_task_runs_once_and_hands_on_its_error():
+    from nzip.parallel import SideTask
+
+    calls = []
+    task = SideTask(lambda: calls.append(1) or 1 / 0)
+    task.start()
+    task.run()
+    with pytest.raises(ZeroDivisionError):
+        task.result()
+    assert calls == [1]
+
+
 def test_decode_many_rejects_corrupt_payloads():
     from tests_support import reseal
 

@@ -38,7 +38,7 @@ from .entropy import _entropy, rans
 from .payload import Reader, check_status
 from .planes import PLANE_DTYPES, chunk_spans, join, split, word_size
 from .registry import Codec, register
-from .scratch import scratch
+from .scratch import prefault, scratch
 
 RAW, RANS, RANS_CTX = 0, 1, 2
 
@@ -124,17 +124,26 @@ class Ans(Codec):
             self._decode_plane(method, body, planes[k * n : (k + 1) * n], threads)
         return planes if word == 1 else join(planes, dtype, out)
 
-    def decode_payloads(self, jobs: list, threads: int) -> None:
+    faults_in_output = True
+
+    def decode_payloads(self, jobs: list, threads: int, fresh: bool = False, side=None) -> None:
         """16-bit payloads go through one compiled batch: every chunk of every tensor is a
-        job, spread over the threads biggest first."""
+        job, spread over the threads biggest first; fresh output is faulted in just ahead
+        of the decoders, on the calling thread while the others decode, which then runs
+        side (a parallel.SideTask) before it decodes too (with one thread, side runs on
+        the pool)."""
         wide = [j for j in jobs if word_size(j[1]) != 2]
         narrow = [j for j in jobs if word_size(j[1]) == 2]
+        if side is not None and (threads <= 1 or not narrow):
+            side.start(threads)  # one decoding thread: it would only wait for side; the pool has a core
         if narrow:
             rcs = _entropy.ans_decode16_batch([(p, out, self.chunk, self.precision, d.is_float) for p, d, c, out in narrow],
-                                              threads)
+                                              threads, fresh, side.run if side is not None else None)
             for rc in rcs:
                 check_status(rc, "ans")
         if wide:
+            if fresh:
+                prefault([j[3] for j in wide])
             super().decode_payloads(wide, threads)
 
     def to_device(self, payload, dtype, count, device):

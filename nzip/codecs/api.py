@@ -10,9 +10,9 @@ from ..dtypes import DType, dtype_from_name, from_bytes, is_torch, to_bytes
 from ..errors import BadParameterError, ChecksumError, CorruptDataError, FormatError, NzipError
 from ..formats import frame as frame_format
 from ..formats.checksum import raw_hash_matches, xxh3
-from ..parallel import in_background
+from ..parallel import SideTask
 from .registry import Codec, get, resolve_threads
-from .scratch import fresh_buffers
+from .scratch import fresh_buffers, prefault, worth_prefaulting
 
 # Refuse headers that describe more than this many bytes before allocating anything.
 MAX_DECODED_BYTES = 1 << 42
@@ -89,15 +89,26 @@ def check_raw_hash(raw: np.ndarray, raw_hash: str | None, codec: Codec) -> None:
         raise CorruptDataError(f"{codec.codec_id}: decoded bytes do not match the checksum of the original")
 
 
-def decode_jobs(jobs: list, threads: int) -> None:
+def decode_jobs(jobs: list, threads: int, fresh: bool = False, side: SideTask | None = None) -> None:
     """Decode (codec, payload, dtype, count, out) jobs, grouping them by codec so that each
-    codec's batch path (Codec.decode_payloads) sees all of its payloads at once."""
+    codec's batch path (Codec.decode_payloads) sees all of its payloads at once. fresh: the
+    outs are fresh_buffers worth prefaulting; codecs that fault in their output ahead of
+    their decoders (Codec.faults_in_output) do it themselves, and run `side` meanwhile; the
+    others' output is faulted in here, while `side` runs on the pool."""
     groups: dict[int, tuple] = {}
     for codec, payload, dtype, count, out in jobs:
         check_payload(codec, payload, dtype, count)
         groups.setdefault(id(codec), (codec, []))[1].append((memoryview(payload).cast("B"), dtype, count, out))
     threads = resolve_threads(threads)
+    taker = next((codec for codec, _ in groups.values() if fresh and codec.faults_in_output), None)
+    if side is not None and taker is None:
+        side.start(threads)
     for codec, group in groups.values():
+        if fresh and codec.faults_in_output:
+            codec.decode_payloads(group, threads, fresh=True, side=side if codec is taker else None)
+            continue
+        if fresh:
+            prefault([job[3] for job in group])
         codec.decode_payloads(group, threads)
 
 
@@ -107,20 +118,23 @@ def decode_many(frames, out=None, threads: int = 0) -> list:
     preallocated buffer per frame (as for decode); otherwise the results are views of one
     freshly allocated buffer."""
     threads = resolve_threads(threads)
-    # the checksums are checked on a pool thread while the payloads decode (the decoders are
-    # bounds-checked: unchecked bytes cannot make them misbehave); nothing is returned, and
-    # no error but ChecksumError raised, unless every frame's checksum holds
-    checked = in_background(lambda: [frame_format.checksum_ok(f) for f in frames], threads)
+    # the checksums are checked while the payloads decode (the decoders are bounds-checked:
+    # unchecked bytes cannot make them misbehave); nothing is returned, and no error but
+    # ChecksumError raised, unless every frame's checksum holds
+    checked = SideTask(lambda: [frame_format.checksum_ok(f) for f in frames])
     try:
         parsed = [_parse_frame(f, verify=False) for f in frames]
         if out is None:
-            bufs = fresh_buffers([p[4] * p[2].itemsize for p in parsed], source_bytes=sum(len(p[1]) for p in parsed))
+            sizes = [p[4] * p[2].itemsize for p in parsed]
+            bufs = fresh_buffers(sizes)
+            fresh = worth_prefaulting(sum(sizes), sum(len(p[1]) for p in parsed))
         else:
             if len(out) != len(parsed):
                 raise BadParameterError("decode_many: one out buffer per frame")
             bufs = [_out_bytes(o, p[4] * p[2].itemsize) for o, p in zip(out, parsed)]
+            fresh = False
         decode_jobs([(get(h["codec"]), payload, dtype, count, buf)
-                     for (h, payload, dtype, shape, count), buf in zip(parsed, bufs)], threads)
+                     for (h, payload, dtype, shape, count), buf in zip(parsed, bufs)], threads, fresh, checked)
     except NzipError:
         _raise_bad_checksum(checked.result())
         raise

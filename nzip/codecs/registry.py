@@ -43,6 +43,8 @@ class Codec:
     max_expansion: ClassVar[int] = 1 << 17
     # whether decode_payload takes `out` (every built-in codec does)
     accepts_out: ClassVar[bool] = True
+    # whether decode_payloads takes fresh=True and faults in fresh output itself
+    faults_in_output: ClassVar[bool] = False
     # lossy codecs decode to an approximation: frames then carry no checksum of the input
     lossy: ClassVar[bool] = False
     # whether encode_payload needs the array's shape (images: shape=(H, W, 3))
@@ -125,7 +127,8 @@ class Codec:
     def decode_payloads(self, jobs: list, threads: int) -> None:
         """Decode many payloads of this codec: jobs are (payload, dtype, count, out) with out
         preallocated. The default spreads decode_payload calls over threads; codecs with a
-        compiled batch path override it."""
+        compiled batch path override it. A codec with faults_in_output set also takes
+        fresh=True: the outs are fresh memory, its to fault in (see nzip.codecs.scratch)."""
         from ..parallel import pmap_balanced
 
         pmap_balanced(lambda job, th: self.decode_into(*job[:3], th, job[3]), jobs, threads, cost=lambda j: len(j[0]))

@@ -18,25 +18,33 @@ PREFAULT_RATIO = 16  # see fresh_buffers
 _local = threading.local()
 
 
-def fresh_buffers(sizes: list[int], align: int = 64, source_bytes: int | None = None) -> list[np.ndarray]:
-    """New uint8 buffers of these sizes, carved `align`-aligned out of one allocation.
-    Its pages are faulted in here, before any decoder runs: the kernel zeroes each fresh
-    (huge) page as it maps it, which, inside a decoder's loop, also evicts the decoder's
-    tables from the core's caches. Measured on MiniLM-bf16 (45 MB), 2 threads: 11.4 ms of
-    decoding + 2.3 ms of faulting here, against 20.8 ms when the decoders fault the pages
-    in themselves (faulting in two threads at once is no faster: the faults serialise).
-    source_bytes: the compressed bytes the buffers will be decoded from. The sizes come
-    from headers not yet proven; pages are only faulted in up front when they are at most
-    PREFAULT_RATIO times that, so that a forged header cannot make this commit memory the
-    decoders would never have touched."""
+def fresh_buffers(sizes: list[int], align: int = 64) -> list[np.ndarray]:
+    """New uint8 buffers of these sizes, carved `align`-aligned out of one allocation (one
+    large allocation is far cheaper to fault in than many small ones). Their pages are not
+    faulted in yet: see prefault."""
     offsets, total = [], 0
     for size in sizes:
         offsets.append(total)
         total += size + (-size % align)
     arena = np.empty(total, np.uint8)
-    if source_bytes is not None and total <= PREFAULT_RATIO * source_bytes:
-        arena[::4096] = 0
     return [arena[o : o + size] for o, size in zip(offsets, sizes)]
+
+
+def worth_prefaulting(out_bytes: int, source_bytes: int) -> bool:
+    """Fault in fresh output before decoding into it? The kernel zeroes each fresh (huge)
+    page as it maps it, which, inside a decoder's loop, also evicts the decoder's tables
+    from the core's caches. Measured on MiniLM-bf16 (45 MB), 2 threads: 11.4 ms of decoding
+    + 2.3 ms of faulting up front, against 20.8 ms when the decoders fault the pages in
+    themselves. But the sizes come from headers not yet proven: only when the output is at
+    most PREFAULT_RATIO times the compressed bytes, so that a forged header cannot make
+    this commit memory the decoders would never have touched."""
+    return out_bytes <= PREFAULT_RATIO * source_bytes
+
+
+def prefault(bufs: list[np.ndarray]) -> None:
+    """Fault in the pages of fresh buffers (from fresh_buffers: writes into them)."""
+    for buf in bufs:
+        buf[::4096] = 0
 
 
 def scratch(nbytes: int, slot: int = 0) -> np.ndarray:

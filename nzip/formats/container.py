@@ -45,7 +45,7 @@ from ..codecs import get as get_codec
 from ..codecs.auto import resolve
 from ..codecs.api import check_shape, decode_jobs, decode_on_device, decode_raw, to_device
 from ..codecs.registry import Codec, resolve_threads
-from ..codecs.scratch import fresh_buffers
+from ..codecs.scratch import fresh_buffers, worth_prefaulting
 from ..dtypes import DType, from_bytes
 from ..errors import ChecksumError, FormatError, NzipError, TruncatedError, VersionError
 from ..parallel import pmap, pmap_balanced
@@ -382,8 +382,9 @@ class Container:
         if framework == "torch" and device is not None and _is_gpu(device):
             return self._tensors_on_gpu(names, device, threads)
         shapes = {n: check_shape(self.entry(n)["dtype"], self.entry(n)["shape"]) for n in names}
-        outs = dict(zip(names, fresh_buffers([shapes[n][2] * shapes[n][0].itemsize for n in names], ALIGN,
-                                             source_bytes=sum(self._entries[n].get("size", 0) for n in names))))
+        sizes = [shapes[n][2] * shapes[n][0].itemsize for n in names]
+        outs = dict(zip(names, fresh_buffers(sizes, ALIGN)))
+        fresh = worth_prefaulting(sum(sizes), sum(self._entries[n].get("size", 0) for n in names))
         threads = resolve_threads(threads)
 
         def job(n):
@@ -395,7 +396,7 @@ class Container:
         # checksums on the pool, then one batched decode
         jobs = pmap(job, [n for n in names if not self.is_ref(n)], threads, cost=lambda n: self._entries[n]["size"])
         try:
-            decode_jobs(jobs, threads)
+            decode_jobs(jobs, threads, fresh)
         except NzipError as exc:  # a batch cannot tell which tensor: find it one by one
             for n in names:
                 self.get_raw(n, 1)

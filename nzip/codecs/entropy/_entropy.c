@@ -1009,16 +1009,102 @@ typedef struct {
     Py_ssize_t chunk;
 } t16_job;
 
+static Py_ssize_t job_len(const t16_job *j) {
+    Py_ssize_t left = j->t->n - j->chunk * j->t->chunk;
+    return left < j->t->chunk ? left : j->t->chunk;
+}
+
+static int by_size_desc(const void *a, const void *b) {
+    Py_ssize_t x = job_len(a), y = job_len(b);
+    return (x < y) - (x > y);
+}
+
 static void t16_run(void *arg, Py_ssize_t i) {
     t16_job *j = (t16_job *)arg + i;
     if (t16_chunk(j->t, j->chunk) < 0) __atomic_store_n(&j->t->failed, 1, __ATOMIC_RELAXED);
 }
 
+/* ---- faulting in fresh output ahead of the decoders
+ * A fresh output buffer's pages are zeroed by the kernel as they are first written. Inside
+ * a decoder's loop that evicts its tables from the caches; faulted in up front it is a
+ * serial pass the other threads wait for. Instead the calling thread faults in each job's
+ * output (MADV_POPULATE_WRITE: page tables only, the contents are left alone), in the order
+ * the jobs are taken, and releases the job to the decoders when its pages are in; then it
+ * decodes too. The decoders wait only at the very start. */
+#include <sched.h>
+#include <sys/mman.h>
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+/* the bytes a job writes: its chunk of out, or all of out when it decodes in place */
+static void job_range(const t16_job *j, uintptr_t *lo, uintptr_t *hi) {
+    const t16 *t = j->t;
+    int in_place = t->tmp == t->out + t->n;
+    Py_ssize_t a = in_place ? 0 : j->chunk * t->chunk, m = in_place ? t->n : job_len(j);
+    *lo = (uintptr_t)(t->out + 2 * a);
+    *hi = *lo + 2 * (uintptr_t)m;
+}
+
+/* Fault in the job's pages; 0 when the kernel cannot (before Linux 5.14): then the caller
+ * stops, and the decoders fault their pages in themselves. */
+static int fault_in(const t16_job *j) {
+    uintptr_t lo, hi;
+    job_range(j, &lo, &hi);
+    if (hi <= lo) return 1;
+    uintptr_t a = lo & ~(uintptr_t)4095, b = (hi + 4095) & ~(uintptr_t)4095;
+    return madvise((void *)a, b - a, MADV_POPULATE_WRITE) == 0;
+}
+
+typedef struct {
+    t16_job *jobs;
+    Py_ssize_t n, next, ready;
+} ahead_t;
+
+static void *ahead_worker(void *p) {
+    ahead_t *a = p;
+    for (;;) {
+        Py_ssize_t i = __atomic_fetch_add(&a->next, 1, __ATOMIC_RELAXED);
+        if (i >= a->n) return NULL;
+        while (__atomic_load_n(&a->ready, __ATOMIC_ACQUIRE) <= i) sched_yield();
+        t16_run(a->jobs, i);
+    }
+}
+
+/* side(): other work of the caller's (checking checksums), run with the GIL on this thread
+ * once the output is faulted in, while the others decode: a thread of its own would
+ * compete with the decoders for the cores. Its errors are its own to record. */
+static void run_side(PyObject *side) {
+    if (!side) return;
+    PyGILState_STATE g = PyGILState_Ensure();
+    PyObject *r = PyObject_CallNoArgs(side);
+    if (r) Py_DECREF(r);
+    else PyErr_WriteUnraisable(side);
+    PyGILState_Release(g);
+}
+
+static void run_faulting_ahead(t16_job *jobs, Py_ssize_t n, int threads, PyObject *side) {
+    ahead_t a = {jobs, n, 0, 0};
+    pthread_t ids[64];
+    int spawned = 0, ok = 1;
+    if (threads > 64) threads = 64;
+    for (int k = 1; k < threads && k < n; k++)
+        if (pthread_create(&ids[spawned], NULL, ahead_worker, &a) == 0) spawned++;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (ok) ok = fault_in(&jobs[i]);
+        __atomic_store_n(&a.ready, ok ? i + 1 : n, __ATOMIC_RELEASE);
+    }
+    run_side(side);
+    ahead_worker(&a);
+    for (int k = 0; k < spawned; k++) pthread_join(ids[k], NULL);
+}
+
 /* Decode tensors[0..m) with their chunks spread over `threads` threads, biggest first. A
  * tensor of one chunk decodes in place; one of several chunks gets its own scratch unless
- * it already has one. Returns 0, or -2 when memory ran out (per-tensor failures are in
- * t->failed). */
-static int t16_decode_all(t16 *ts, Py_ssize_t m, int threads) {
+ * it already has one. fault: the outputs are fresh memory of nzip's own (see above); side:
+ * NULL, or a callable run once on one of the threads (run_side).
+ * Returns 0, or -2 when memory ran out (per-tensor failures are in t->failed). */
+static int t16_decode_all(t16 *ts, Py_ssize_t m, int threads, int fault, PyObject *side) {
     Py_ssize_t njobs = 0;
     for (Py_ssize_t k = 0; k < m; k++) njobs += (ts[k].n + ts[k].chunk - 1) / ts[k].chunk;
     t16_job *jobs = malloc(sizeof(t16_job) * (njobs ? njobs : 1));
@@ -1028,7 +1114,7 @@ static int t16_decode_all(t16 *ts, Py_ssize_t m, int threads) {
     for (Py_ssize_t k = 0; k < m; k++)
         if (threads > 1 && ts[k].n > ts[k].chunk && ts[k].tmp == ts[k].out + ts[k].n) need += ts[k].n;
     uint8_t *temporary = NULL, *scratch = need ? tls_scratch(2, need, &temporary) : NULL;
-    if (need && !scratch) { free(jobs); return -2; }
+    if (need && !scratch) { free(jobs); run_side(side); return -2; }
     Py_ssize_t q = 0;
     for (Py_ssize_t k = 0; k < m; k++) {
         Py_ssize_t nchunks = (ts[k].n + ts[k].chunk - 1) / ts[k].chunk;
@@ -1039,18 +1125,13 @@ static int t16_decode_all(t16 *ts, Py_ssize_t m, int threads) {
         for (Py_ssize_t c = 0; c < nchunks; c++) jobs[q++] = (t16_job){&ts[k], c};
     }
     /* biggest chunks first keeps the threads evenly busy to the end */
-    for (Py_ssize_t x = 1; x < njobs; x++) {
-        t16_job v = jobs[x];
-        Py_ssize_t size = v.t->n - v.chunk * v.t->chunk < v.t->chunk ? v.t->n - v.chunk * v.t->chunk : v.t->chunk, y = x;
-        for (; y > 0; y--) {
-            t16_job u = jobs[y - 1];
-            Py_ssize_t us = u.t->n - u.chunk * u.t->chunk < u.t->chunk ? u.t->n - u.chunk * u.t->chunk : u.t->chunk;
-            if (us >= size) break;
-            jobs[y] = u;
-        }
-        jobs[y] = v;
+    qsort(jobs, njobs, sizeof(t16_job), by_size_desc);
+    if (fault) {
+        run_faulting_ahead(jobs, njobs, threads, side);
+    } else {
+        run_side(side);
+        parallel_for(threads, njobs, t16_run, jobs);
     }
-    parallel_for(threads, njobs, t16_run, jobs);
     free(jobs);
     free(temporary);
     return 0;
@@ -1075,7 +1156,7 @@ static PyObject *ans_decode16(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     t16 t;
     rc = t16_open(&t, b[0].buf, b[0].len, n, chunk, P, rotate, b[1].buf, b[2].buf);
-    if (rc == 0) rc = t16_decode_all(&t, 1, threads);
+    if (rc == 0) rc = t16_decode_all(&t, 1, threads, 0, NULL);
     if (rc == 0 && t.failed) rc = -1;
     t16_close(&t);
     Py_END_ALLOW_THREADS
@@ -1096,12 +1177,17 @@ static void t16_open_run(void *arg, Py_ssize_t k) {
                          j->Ps[k], j->rots[k], j->bufs[2 * k + 1].buf, NULL);
 }
 
-/* ans_decode16_batch([(payload, out, chunk, precision, rotate), ...], threads) -> [rc, ...]:
- * every chunk of every tensor in one pool of jobs */
+/* ans_decode16_batch([(payload, out, chunk, precision, rotate), ...], threads[, fault[, side]])
+ * -> [rc, ...]: every chunk of every tensor in one pool of jobs; fault: the outs are fresh
+ * memory, to be faulted in ahead of the decoders; side: a callable run once meanwhile
+ * (see run_side), unless the arguments are refused */
 static PyObject *ans_decode16_batch(PyObject *self, PyObject *args) {
     PyObject *list;
-    int threads;
-    if (!PyArg_ParseTuple(args, "O!i", &PyList_Type, &list, &threads)) return NULL;
+    PyObject *side = Py_None;
+    int threads, fault = 0;
+    if (!PyArg_ParseTuple(args, "O!i|pO", &PyList_Type, &list, &threads, &fault, &side)) return NULL;
+    if (side == Py_None) side = NULL;
+    else if (!PyCallable_Check(side)) return PyErr_Format(PyExc_TypeError, "ans_decode16_batch: side must be callable");
     Py_ssize_t m = PyList_GET_SIZE(list), got = 0;
     Py_buffer *bufs = calloc(2 * (m ? m : 1), sizeof(Py_buffer));
     t16 *ts = calloc(m ? m : 1, sizeof(t16));
@@ -1137,7 +1223,7 @@ static PyObject *ans_decode16_batch(PyObject *self, PyObject *args) {
             if (rcs[k] == 0) ts[live++] = ts[k];
             else t16_close(&ts[k]);
         }
-        all = t16_decode_all(ts, live, threads);
+        all = t16_decode_all(ts, live, threads, fault, side);
         for (Py_ssize_t k = 0, q = 0; k < m; k++)
             if (rcs[k] == 0) { rcs[k] = all ? all : ts[q].failed ? -1 : 0; t16_close(&ts[q++]); }
         Py_END_ALLOW_THREADS
@@ -1822,7 +1908,7 @@ static PyMethodDef methods[] = {
     {"rans_encode", rans_encode, METH_VARARGS, "rans_encode(sym, freq, P, lanes, dst[, top, ctxmap]) -> start"},
     {"rans_decode", rans_decode, METH_VARARGS, "rans_decode(src, freq, P, lanes, dst[, top, ctxmap[, other, sym_high, rotate]]) -> consumed"},
     {"ans_decode16", ans_decode16, METH_VARARGS, "ans_decode16(payload, chunk, P, rotate, out, threads[, scratch]) -> 0/-1/-2"},
-    {"ans_decode16_batch", ans_decode16_batch, METH_VARARGS, "ans_decode16_batch(jobs, threads) -> [rc]"},
+    {"ans_decode16_batch", ans_decode16_batch, METH_VARARGS, "ans_decode16_batch(jobs, threads[, fault[, side]]) -> [rc]"},
     {"ans_encode16", ans_encode16, METH_VARARGS, "ans_encode16(data, rotate, P, lanes, chunk, contexts, threads) -> payload"},
     {"bf16_split", bf16_split, METH_VARARGS, "bf16_split(src, exp, sign_mantissa)"},
     {"huff_encode", huff_encode, METH_VARARGS, "huff_encode(exp, code, length, block, dst, offsets) -> nbits"},
