@@ -1,7 +1,7 @@
 """Codebook refinement against renders (nzip.scenes.refine): what it buys, scene by scene.
 
-    python tools/bench_refine.py [--scenes DIR] [--levels low,medium,high] [--steps 2000]
-                                 [--lr 1e-4] [--device cuda] [--readme]
+    python tools/bench_refine.py [--scenes DIR] [--names a.ply,b.spz] [--levels low,medium,high]
+                                 [--steps 2000] [--lr 1e-4] [--device cuda] [--json F] [--readme]
 
 For every SH3 scene (only those have codebooks: the SH rest) and level: the .nzs bytes and
 fidelity (PSNR/SSIM from the 24 orbit cameras at 256 x 192 that tools/bench_scenes.py
@@ -50,6 +50,7 @@ def table(result: dict) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenes", default=str(ROOT.parent / "shared" / "data" / "scenes"))
+    ap.add_argument("--names", default=",".join(SCENES), help="which scenes, in this order")
     ap.add_argument("--levels", default="low,medium,high")
     ap.add_argument("--steps", default="2000")
     ap.add_argument("--lr", default="1e-4")
@@ -73,7 +74,7 @@ def main() -> int:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
         return result
 
-    for name, scene in each_scene(args.scenes, SCENES):
+    for name, scene in each_scene(args.scenes, args.names.split(",")):
         cams = orbit(scene, 24, 256, 192)
         targets = renders(scene, cams, device=args.device)
         for level in args.levels.split(","):
