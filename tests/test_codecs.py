@@ -262,18 +262,20 @@ def test_decode_many_matches_decode(threads):
     assert all(a.tobytes() == to_bytes(o)[0].tobytes() for a, o in zip(outs, expected))
 
 
+@pytest.mark.parametrize("chunk", [1 << 20, 1 << 10])
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_ans_batch_faulting_in_ahead_runs_the_side_task_once(threads):
+def test_ans_batch_faulting_in_ahead_runs_the_side_task_once(threads, chunk):
     """The ans batch faults fresh output in ahead of its decoders and runs the side task
     (decode_many's checksums) on the faulting thread: the same bytes as without, the task
-    exactly once; refused arguments leave it for SideTask.result() to run."""
+    exactly once; refused arguments leave it for SideTask.result() to run. Small chunks:
+    hundreds of equal-sized jobs, which one thread must still take in order (in place)."""
     from nzip.codecs.entropy import _entropy
     from nzip.codecs.scratch import fresh_buffers
     from nzip.parallel import SideTask
 
     g = torch.Generator().manual_seed(7)
     tensors = [(torch.randn(n, generator=g) * 0.02).to(torch.bfloat16) for n in (3_000_000, 1, 70_000, 0, 1_200_000)]
-    frames = [codecs.encode(t, "ans") for t in tensors]
+    frames = [codecs.encode(t, "ans", chunk=chunk) for t in tensors]
     codec = codecs.get(frame_format.unpack(frames[0])[0]["codec"])
     payloads = [frame_format.unpack(f)[1] for f in frames]
     calls = []

@@ -1014,9 +1014,14 @@ static Py_ssize_t job_len(const t16_job *j) {
     return left < j->t->chunk ? left : j->t->chunk;
 }
 
-static int by_size_desc(const void *a, const void *b) {
+/* biggest first; ties in tensor and chunk order, which one thread decoding a tensor in
+ * place relies on (see t16_open) */
+static int by_size_desc(const void *pa, const void *pb) {
+    const t16_job *a = pa, *b = pb;
     Py_ssize_t x = job_len(a), y = job_len(b);
-    return (x < y) - (x > y);
+    if (x != y) return (x < y) - (x > y);
+    if (a->t != b->t) return a->t < b->t ? -1 : 1;
+    return (a->chunk > b->chunk) - (a->chunk < b->chunk);
 }
 
 static void t16_run(void *arg, Py_ssize_t i) {
