@@ -230,7 +230,9 @@ def _lossy_items(scene: Scene, cfg: dict, meta: dict, seed: int) -> list[contain
     alpha = _alpha(take(scene.opacity))
     items.append(_item("opacity", np.rint(alpha * ((1 << obits) - 1)).astype(np.uint8)))
 
-    # importance tiers: steps halve (rotation bits grow by one) per tier up
+    # importance tiers: steps halve (rotation bits grow by one) per tier up; computed again
+    # for the kept Gaussians (low dropped its weakest tier above): the median they are
+    # centred on moves with the pruning
     tier = _tiers(take(scene.opacity), take(scene.scales), cfg["tiers"])
     shift = tier.astype(np.int64) - cfg["tiers"] // 2
     meta["tiers"] = cfg["tiers"]
