@@ -153,10 +153,11 @@ def method_for(name: str, sd, threads: int) -> Method:
     return {"ZipNN": zipnn_method, "ZipNN per tensor": zipnn_per_tensor_method, "zstd-3": zstd_method}[name](sd, threads)
 
 
-def time_in_turns(methods: dict[str, Method], reps: int) -> dict[str, tuple[float, float, int]]:
-    """{name: (median encode s, median decode s, size)}. The methods take turns, one
-    repetition each per round, so a slow spell of a shared machine hits them all alike;
-    the median, not the best, so that one lucky repetition does not decide."""
+def time_in_turns(methods: dict[str, Method], reps: int) -> dict[str, tuple[float, float, int, list, list]]:
+    """{name: (median encode s, median decode s, size, encode times, decode times)}. The
+    methods take turns, one repetition each per round, so a slow spell of a shared machine
+    hits them all alike; the median, not the best, so that one lucky repetition does not
+    decide (every repetition's time goes into the JSON, to show the spread)."""
     enc: dict[str, list] = {m: [] for m in methods}
     dec: dict[str, list] = {m: [] for m in methods}
     packed = {}
@@ -173,8 +174,8 @@ def time_in_turns(methods: dict[str, Method], reps: int) -> dict[str, tuple[floa
             del back
     for name, m in methods.items():
         assert m.same(m.decode(packed[name])), f"{name}: round trip failed"
-    return {name: (float(np.median(enc[name])), float(np.median(dec[name])), methods[name].size(packed[name]))
-            for name in methods}
+    return {name: (float(np.median(enc[name])), float(np.median(dec[name])), methods[name].size(packed[name]),
+                   enc[name], dec[name]) for name in methods}
 
 
 def run(quick: bool) -> dict:
@@ -190,9 +191,11 @@ def run(quick: bool) -> dict:
         rows = []
         for threads in (1, 2):
             timed = time_in_turns({m: method_for(m, sd, threads) for m in names}, reps)
-            for m, (enc_s, dec_s, size) in timed.items():
+            for m, (enc_s, dec_s, size, enc_all, dec_all) in timed.items():
                 frac, enc, dec = size / nbytes, nbytes / enc_s / 1e6, nbytes / dec_s / 1e6
-                rows.append({"method": m, "threads": threads, "size_fraction": frac, "encode_MBps": enc, "decode_MBps": dec})
+                rows.append({"method": m, "threads": threads, "size_fraction": frac, "encode_MBps": enc, "decode_MBps": dec,
+                             "encode_ms_each": [round(1e3 * t, 2) for t in enc_all],
+                             "decode_ms_each": [round(1e3 * t, 2) for t in dec_all]})
                 print(f"  {name:20s} {m:16s} T={threads} size {frac:.4f}  enc {enc:7.0f} MB/s  dec {dec:7.0f} MB/s",
                       file=sys.stderr)
         for r in rows:
