@@ -28,7 +28,6 @@ to bench/results/checkpoint.json.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import statistics
