@@ -756,11 +756,13 @@ static PyObject *rans_decode(PyObject *self, PyObject *args) {
  * The whole-payload functions below run without the GIL and split their chunks between
  * `threads` POSIX threads themselves, so a big tensor scales without Python in the loop. */
 #include <pthread.h>
+#include <sched.h>
 
-typedef struct {
+typedef struct pfor {
     void (*fn)(void *arg, Py_ssize_t i);
     void *arg;
     Py_ssize_t n, next;
+    Py_ssize_t ready; /* items below it may start (parallel_for_led's lead raises it) */
 } pfor_t;
 
 static void *pfor_worker(void *p) {
@@ -768,19 +770,30 @@ static void *pfor_worker(void *p) {
     for (;;) {
         Py_ssize_t i = __atomic_fetch_add(&t->next, 1, __ATOMIC_RELAXED);
         if (i >= t->n) return NULL;
+        while (__atomic_load_n(&t->ready, __ATOMIC_ACQUIRE) <= i) sched_yield();
         t->fn(t->arg, i);
     }
 }
 
-static void parallel_for(int threads, Py_ssize_t n, void (*fn)(void *, Py_ssize_t), void *arg) {
-    pfor_t t = {fn, arg, n, 0};
+/* fn(arg, i) for every i in [0, n) on `threads` threads, the caller one of them, items
+ * taken in order. lead(t, ctx), when given, runs on the caller before it joins in, while
+ * the other threads start: items become available as it raises t->ready, which it must
+ * leave at n. */
+static void parallel_for_led(int threads, Py_ssize_t n, void (*fn)(void *, Py_ssize_t), void *arg,
+                             void (*lead)(pfor_t *t, void *ctx), void *ctx) {
+    pfor_t t = {fn, arg, n, 0, lead ? 0 : n};
     pthread_t ids[64];
     int spawned = 0;
     if (threads > 64) threads = 64;
     for (int k = 1; k < threads && k < n; k++)
         if (pthread_create(&ids[spawned], NULL, pfor_worker, &t) == 0) spawned++;
+    if (lead) lead(&t, ctx);
     pfor_worker(&t);
     for (int k = 0; k < spawned; k++) pthread_join(ids[k], NULL);
+}
+
+static void parallel_for(int threads, Py_ssize_t n, void (*fn)(void *, Py_ssize_t), void *arg) {
+    parallel_for_led(threads, n, fn, arg, NULL, NULL);
 }
 
 /* ------------------------------------------------- whole `ans` payloads of 16-bit types
@@ -1036,7 +1049,6 @@ static void t16_run(void *arg, Py_ssize_t i) {
  * output (MADV_POPULATE_WRITE: page tables only, the contents are left alone), in the order
  * the jobs are taken, and releases the job to the decoders when its pages are in; then it
  * decodes too. The decoders wait only at the very start. */
-#include <sched.h>
 #include <sys/mman.h>
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23
@@ -1061,21 +1073,6 @@ static int fault_in(const t16_job *j) {
     return madvise((void *)a, b - a, MADV_POPULATE_WRITE) == 0;
 }
 
-typedef struct {
-    t16_job *jobs;
-    Py_ssize_t n, next, ready;
-} ahead_t;
-
-static void *ahead_worker(void *p) {
-    ahead_t *a = p;
-    for (;;) {
-        Py_ssize_t i = __atomic_fetch_add(&a->next, 1, __ATOMIC_RELAXED);
-        if (i >= a->n) return NULL;
-        while (__atomic_load_n(&a->ready, __ATOMIC_ACQUIRE) <= i) sched_yield();
-        t16_run(a->jobs, i);
-    }
-}
-
 /* side(): other work of the caller's (checking checksums), run with the GIL on this thread
  * once the output is faulted in, while the others decode: a thread of its own would
  * compete with the decoders for the cores. Its errors are its own to record. */
@@ -1088,20 +1085,21 @@ static void run_side(PyObject *side) {
     PyGILState_Release(g);
 }
 
-static void run_faulting_ahead(t16_job *jobs, Py_ssize_t n, int threads, PyObject *side) {
-    ahead_t a = {jobs, n, 0, 0};
-    pthread_t ids[64];
-    int spawned = 0, ok = 1;
-    if (threads > 64) threads = 64;
-    for (int k = 1; k < threads && k < n; k++)
-        if (pthread_create(&ids[spawned], NULL, ahead_worker, &a) == 0) spawned++;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (ok) ok = fault_in(&jobs[i]);
-        __atomic_store_n(&a.ready, ok ? i + 1 : n, __ATOMIC_RELEASE);
+typedef struct {
+    t16_job *jobs;
+    PyObject *side;
+} ahead_t;
+
+/* parallel_for_led's lead: fault in the jobs' output in the order they are taken,
+ * releasing each to the decoders, then run side */
+static void fault_ahead(pfor_t *t, void *ctx) {
+    ahead_t *a = ctx;
+    int ok = 1;
+    for (Py_ssize_t i = 0; i < t->n; i++) {
+        if (ok) ok = fault_in(&a->jobs[i]);
+        __atomic_store_n(&t->ready, ok ? i + 1 : t->n, __ATOMIC_RELEASE);
     }
-    run_side(side);
-    ahead_worker(&a);
-    for (int k = 0; k < spawned; k++) pthread_join(ids[k], NULL);
+    run_side(a->side);
 }
 
 /* Decode tensors[0..m) with their chunks spread over `threads` threads, biggest first. A
@@ -1132,7 +1130,8 @@ static int t16_decode_all(t16 *ts, Py_ssize_t m, int threads, int fault, PyObjec
     /* biggest chunks first keeps the threads evenly busy to the end */
     qsort(jobs, njobs, sizeof(t16_job), by_size_desc);
     if (fault) {
-        run_faulting_ahead(jobs, njobs, threads, side);
+        ahead_t a = {jobs, side};
+        parallel_for_led(threads, njobs, t16_run, jobs, fault_ahead, &a);
     } else {
         run_side(side);
         parallel_for(threads, njobs, t16_run, jobs);
