@@ -50,6 +50,20 @@ def test_small_chunks_and_blocks_cross_boundaries(codec, params, threads):
             check_roundtrip(t, codec, threads=threads, **params)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("limit", [13, 16])
+def test_dfloat11_codes_longer_than_the_multi_symbol_table(limit, threads):
+    # the CPU decoder looks up 12 bits at a time; longer codes go through the full table
+    g = torch.Generator().manual_seed(4)
+    every = torch.arange(0, 1 << 16, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
+    t = torch.cat([(torch.randn(2_000_000, generator=g) * 0.02).to(torch.bfloat16), every])
+    frame = codecs.encode(t, "dfloat11", code_length_limit=limit, block=2048)
+    payload = np.frombuffer(frame_format.unpack(frame)[1], np.uint8)
+    nsyms = int(np.unpackbits(payload[:32]).sum())
+    assert payload[32 : 32 + nsyms].max() > 12  # some codes are longer than the table's 12 bits
+    assert same_bits(codecs.decode(frame, threads=threads), t)
+
+
 @pytest.mark.parametrize("codec", GENERIC + ["dfloat11"])
 def test_shapes_layouts_and_kinds(codec):
     base = torch.randn(6, 5, 4).to(torch.bfloat16)

@@ -4,8 +4,9 @@ bf16 = sign | exponent (8 bits) | mantissa (7 bits). The exponent goes through a
 Huffman code of at most `code_length_limit` bits; sign and mantissa are kept as one raw
 byte (sign << 7 | mantissa). The exponent bit stream is cut into blocks of `block`
 elements whose bit lengths are stored, so every block decodes on its own: on CPU threads
-here (_entropy.dfloat11_decode parses and checks the payload and decodes in one call), on
-GPU threads in nzip's CUDA decoder, which reads this same layout.
+here (_entropy.dfloat11_decode parses and checks the payload and decodes in one call:
+eight blocks in lockstep, up to three codes per table lookup), on GPU threads in nzip's
+CUDA decoder, which reads this same layout.
 
 Payload (all little-endian):
     32 bytes   bitmap of the exponent values present (MSB-first, numpy.packbits order)

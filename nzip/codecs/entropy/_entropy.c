@@ -1649,79 +1649,150 @@ static PyObject *huff_encode(PyObject *self, PyObject *args) {
     return PyLong_FromUnsignedLongLong(total);
 }
 
-/* lut32[prefix] = length << 16 | exponent << 7 and smv[byte] = the sign and mantissa
- * bits in place, so an element is one OR. */
-#define HUFF_STEP(pos, outp, k)                                                        \
-    do {                                                                               \
-        uint32_t e = lut32[(load_be64(stream + ((pos) >> 3)) << ((pos) & 7)) >> shift]; \
-        uint16_t v_ = (uint16_t)(smv[sm[(outp) + (k)]] | e);                           \
-        memcpy(dst + 2 * ((outp) + (k)), &v_, 2);                                      \
-        bad |= e < 0x10000;                                                            \
-        (pos) += e >> 16;                                                              \
-    } while (0)
+/* The CPU decoder reads the next K = min(maxlen, MULTI_BITS) bits through a table that
+ * gives up to three whole codes at once (exponent codes average under 3 bits, so one
+ * lookup usually yields three symbols): exponents in bytes 0-2, their count in bits 24-25
+ * and their total length in bits 26-31. Count 0: the first code is longer than K bits
+ * (only when maxlen > MULTI_BITS) or no code starts so; lut32 (2^maxlen entries of
+ * length << 16 | exponent << 7, 0 for a prefix no code uses) then decides. */
+#define MULTI_BITS 12
 
-/* Decode blocks [first, last) of a bf16 exponent stream; returns 1 if corrupt. lut32 has
- * 2^maxlen entries (0 = a prefix no code uses); the stream has 8 readable bytes past
- * nbits. Eight blocks decode in lockstep so that their dependency chains overlap. */
-static int huff_blocks_bf16(const uint8_t *stream, uint64_t nbits, const uint32_t *lut32, int maxlen,
-                            const uint64_t *offsets, Py_ssize_t nblocks, Py_ssize_t block, const uint8_t *sm,
-                            uint8_t *dst, Py_ssize_t n, Py_ssize_t first, Py_ssize_t last) {
-    const int shift = 64 - maxlen;
+static uint32_t *build_multi_lut(const uint32_t *lut32, int maxlen, int K) {
+    uint32_t *m = malloc(sizeof(uint32_t) << K);
+    for (uint32_t idx = 0; m && idx < (1u << K); idx++) {
+        uint32_t entry = 0, used = 0, cnt = 0;
+        while (cnt < 3) {
+            uint32_t rest = (idx << used) & ((1u << K) - 1); /* the bits after `used`, zero-padded */
+            uint32_t e = lut32[(size_t)rest << (maxlen - K)], l = e >> 16;
+            if (e == 0 || l > K - used) break; /* the code does not lie wholly inside the K bits */
+            entry |= ((e >> 7) & 0xff) << (8 * cnt);
+            used += l;
+            cnt++;
+        }
+        m[idx] = entry | cnt << 24 | used << 26;
+    }
+    return m;
+}
+
+typedef struct {
+    const uint8_t *stream;
+    const uint32_t *lut32, *mlut;
+    int maxlen, K;
+} huff_dec;
+
+/* One lookup: up to three exponents written at *o (4 bytes stored; the caller leaves a
+ * byte of room), *o and *pos advanced; returns 1 on a prefix no code uses. */
+static inline __attribute__((always_inline)) int huff_multi_step(const huff_dec *h, uint64_t *pos, uint8_t **o) {
+    uint64_t w = load_be64(h->stream + (*pos >> 3)) << (*pos & 7);
+    uint32_t m = h->mlut[w >> (64 - h->K)];
     int bad = 0;
-    uint16_t smv[256];
-    for (int v = 0; v < 256; v++) smv[v] = (uint16_t)(((v & 0x80) << 8) | (v & 0x7f));
-    /* a block may only end where the next begins (or at nbits); offsets are checked first so
-     * that no read leaves the stream even on corrupt input: a block of `block` symbols
+    if (__builtin_expect(!(m & (3u << 24)), 0)) {
+        uint32_t e = h->lut32[w >> (64 - h->maxlen)];
+        bad = e == 0;
+        m = ((e >> 7) & 0xff) | 1u << 24 | (e >> 16) << 26;
+    }
+    memcpy(*o, &m, 4);
+    *o += (m >> 24) & 3;
+    *pos += m >> 26;
+    return bad;
+}
+
+/* One lane to its end, each read checked against the stream's end (corrupt input may point
+ * anywhere): three symbols a lookup while three remain, then one at a time. */
+static int huff_lane_checked(const huff_dec *h, uint64_t *pos, uint8_t *o, const uint8_t *end, uint64_t nbits) {
+    int bad = 0;
+    while (end - o >= 3 && !bad) {
+        if (*pos > nbits) return 1;
+        bad = huff_multi_step(h, pos, &o);
+    }
+    while (o < end && !bad) {
+        if (*pos > nbits) return 1;
+        uint32_t e = h->lut32[(load_be64(h->stream + (*pos >> 3)) << (*pos & 7)) >> (64 - h->maxlen)];
+        bad = e == 0;
+        *o++ = (uint8_t)(e >> 7);
+        *pos += e >> 16;
+    }
+    return bad;
+}
+
+/* bf16 elements from exponents and sign-mantissa bytes (vectorised by the compiler) */
+static void join_bf16(const uint8_t *restrict exp, const uint8_t *restrict sm, uint8_t *restrict dst, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint16_t v = (uint16_t)(((sm[i] & 0x80) << 8) | (exp[i] << 7) | (sm[i] & 0x7f));
+        memcpy(dst + 2 * i, &v, 2);
+    }
+}
+
+/* Decode blocks [first, last) of a bf16 exponent stream; returns 1 if corrupt (or -2 when
+ * memory ran out). The stream has 8 readable bytes past nbits. Eight blocks decode in
+ * lockstep so that their dependency chains overlap, into a buffer of exponents that is
+ * then joined with the sign-mantissa bytes. */
+static int huff_blocks_bf16(const huff_dec *h, uint64_t nbits, const uint64_t *offsets, Py_ssize_t nblocks,
+                            Py_ssize_t block, const uint8_t *sm, uint8_t *dst, Py_ssize_t n, Py_ssize_t first,
+                            Py_ssize_t last) {
+    int bad = 0;
+    /* a block may only end where the next begins (or at nbits); a block of `block` symbols
      * reads at most block * maxlen bits past its start. */
     for (Py_ssize_t k = first; k < last && !bad; k++) {
         uint64_t end = k + 1 < nblocks ? offsets[k + 1] : nbits;
         if (offsets[k] > end || end > nbits) bad = 1;
     }
-    Py_ssize_t k = first;
-    for (; k + 8 <= last && !bad; k += 8) {
-        Py_ssize_t o0 = k * block;
-        /* lockstep only for full blocks whose reads surely stay inside the stream */
-        if (o0 + 8 * block > n || offsets[k + 7] + (uint64_t)block * maxlen > nbits) break;
+    const Py_ssize_t stride = block + 4; /* a lane's 4-byte stores stay inside its own room */
+    uint8_t *exp = malloc((size_t)(8 * stride));
+    if (!exp) return -2;
+    for (Py_ssize_t k = first; k < last && !bad; k += 8) {
+        int lanes = last - k < 8 ? (int)(last - k) : 8;
         uint64_t p[8];
-        for (int j = 0; j < 8; j++) p[j] = offsets[k + j];
-        for (Py_ssize_t i = 0; i < block; i++) {
-            HUFF_STEP(p[0], o0, i); HUFF_STEP(p[1], o0 + block, i);
-            HUFF_STEP(p[2], o0 + 2 * block, i); HUFF_STEP(p[3], o0 + 3 * block, i);
-            HUFF_STEP(p[4], o0 + 4 * block, i); HUFF_STEP(p[5], o0 + 5 * block, i);
-            HUFF_STEP(p[6], o0 + 6 * block, i); HUFF_STEP(p[7], o0 + 7 * block, i);
+        uint8_t *o[8], *end[8];
+        int fast = lanes == 8;
+        for (int j = 0; j < lanes; j++) {
+            Py_ssize_t a = (k + j) * block, cnt = a + block <= n ? block : n - a;
+            p[j] = offsets[k + j];
+            o[j] = exp + j * stride;
+            end[j] = o[j] + cnt;
+            /* lockstep only while every read surely stays inside the stream */
+            fast &= cnt == block && p[j] + (uint64_t)block * h->maxlen <= nbits;
         }
-        for (int j = 0; j < 8; j++) bad |= p[j] != (k + j + 1 < nblocks ? offsets[k + j + 1] : nbits);
-    }
-    for (; k < last && !bad; k++) {
-        Py_ssize_t o = k * block, cnt = o + block <= n ? block : n - o;
-        uint64_t p = offsets[k], end = k + 1 < nblocks ? offsets[k + 1] : nbits;
-        for (Py_ssize_t i = 0; i < cnt && !bad; i++) {
-            if (p > nbits) { bad = 1; break; }
-            HUFF_STEP(p, o, i);
+        if (fast) {
+            for (;;) {
+                Py_ssize_t rounds = block;
+                for (int j = 0; j < 8; j++) rounds = end[j] - o[j] < rounds ? end[j] - o[j] : rounds;
+                rounds /= 3; /* a lookup writes at most three: none of these overruns a lane */
+                if (rounds == 0 || bad) break;
+                for (Py_ssize_t r = 0; r < rounds; r++)
+                    for (int j = 0; j < 8; j++) bad |= huff_multi_step(h, &p[j], &o[j]);
+            }
         }
-        bad |= p != end;
+        for (int j = 0; j < lanes && !bad; j++) {
+            bad |= huff_lane_checked(h, &p[j], o[j], end[j], nbits);
+            bad |= p[j] != (k + j + 1 < nblocks ? offsets[k + j + 1] : nbits);
+        }
+        if (bad) break;
+        for (int j = 0; j < lanes; j++) {
+            Py_ssize_t a = (k + j) * block;
+            join_bf16(exp + j * stride, sm + a, dst + 2 * a, end[j] - (exp + j * stride));
+        }
     }
+    free(exp);
     return bad;
 }
 
 /* A whole `dfloat11` payload (layout in nzip/codecs/dfloat11.py), parsed and checked here. */
 typedef struct {
-    const uint8_t *stream, *sm;
+    huff_dec h;
+    const uint8_t *sm;
     uint64_t nbits;
     uint64_t *offsets;
-    uint32_t *lut32;
-    int maxlen;
     Py_ssize_t n, nblocks, block, per;
     uint8_t *dst;
-    int bad;
+    int bad; /* 1 corrupt, 2 out of memory */
 } df11_job;
 
 static void df11_range(void *arg, Py_ssize_t i) {
     df11_job *j = arg;
     Py_ssize_t first = i * j->per, last = first + j->per < j->nblocks ? first + j->per : j->nblocks;
-    if (huff_blocks_bf16(j->stream, j->nbits, j->lut32, j->maxlen, j->offsets, j->nblocks, j->block, j->sm, j->dst,
-                         j->n, first, last))
-        __atomic_store_n(&j->bad, 1, __ATOMIC_RELAXED);
+    int rc = huff_blocks_bf16(&j->h, j->nbits, j->offsets, j->nblocks, j->block, j->sm, j->dst, j->n, first, last);
+    if (rc) __atomic_store_n(&j->bad, rc < 0 ? 2 : 1, __ATOMIC_RELAXED);
 }
 
 static int df11_decode_core(const uint8_t *buf, Py_ssize_t len, Py_ssize_t n, Py_ssize_t block, int limit,
@@ -1770,13 +1841,17 @@ static int df11_decode_core(const uint8_t *buf, Py_ssize_t len, Py_ssize_t n, Py
         uint32_t e = ((uint32_t)l << 16) | ((uint32_t)syms[i] << 7);
         for (size_t q = 0; q < ((size_t)1 << (maxlen - l)); q++) lut32[pos++] = e;
     }
+    int K = maxlen < MULTI_BITS ? maxlen : MULTI_BITS;
+    uint32_t *mlut = build_multi_lut(lut32, maxlen, K);
+    if (!mlut) { free(lut32); free(offsets); return -2; }
     int t = threads < 1 ? 1 : threads;
     Py_ssize_t per = (nblocks + t - 1) / t;
-    df11_job j = {stream, sm, nbits, offsets, lut32, maxlen, n, nblocks, block, per ? per : 1, dst, 0};
+    df11_job j = {{stream, lut32, mlut, maxlen, K}, sm, nbits, offsets, n, nblocks, block, per ? per : 1, dst, 0};
     parallel_for(t, (nblocks + j.per - 1) / j.per, df11_range, &j);
+    free(mlut);
     free(lut32);
     free(offsets);
-    return j.bad ? -1 : 0;
+    return j.bad == 2 ? -2 : j.bad ? -1 : 0;
 }
 
 /* dfloat11_decode(payload, block, limit, out[2n], threads) -> 0, -1 (corrupt), -2 (memory) */
