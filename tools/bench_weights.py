@@ -9,7 +9,8 @@ decodes them in one batch (codecs.decode_many), as nzip.load decodes a checkpoin
 model concatenated into one buffer (ZipNN's reference row, and the figures in nzip's issue
 tracker); "ZipNN per tensor" calls ZipNN once per tensor. Throughput is MB of original data
 per second, the median of several repetitions taken in turns (every method once per
-round, so a slow spell of a shared machine hits all alike); ratios are against the ZipNN row at the same
+round, so a slow spell of a shared machine hits all alike), each method in a process of
+its own (see Worker); ratios are against the ZipNN row at the same
 thread count. Results go to bench/results/weights.json; with
 --readme the table also replaces the one in README.md.
 """
@@ -147,35 +148,89 @@ def zstd_method(sd, threads) -> Method:
                   size=len, same=lambda back: back == data)
 
 
+METHODS = ["nzip ans", "nzip planes", "nzip dfloat11", "nzip zstd", "ZipNN", "ZipNN per tensor", "zstd-3"]
+
+
 def method_for(name: str, sd, threads: int) -> Method:
     if name.startswith("nzip "):
         return nzip_method(sd, name.split()[1], threads)
     return {"ZipNN": zipnn_method, "ZipNN per tensor": zipnn_per_tensor_method, "zstd-3": zstd_method}[name](sd, threads)
 
 
-def time_in_turns(methods: dict[str, Method], reps: int) -> dict[str, tuple[float, float, int, list, list]]:
+class Worker:
+    """One method in a process of its own (spawned, so it starts from a fresh allocator).
+    Methods sharing a process move each other's times: glibc raises its mmap threshold
+    when a big block is freed, and afterwards another method's buffers come from warm heap
+    pages instead of fresh ones the kernel must zero. Measured on MiniLM-bf16 at 2
+    threads: ZipNN decodes in 19.6 ms on its own and in 13.4-15.9 ms right after nzip's
+    decode (pyperf runs each benchmark in a worker process for the same reason)."""
+
+    def __init__(self, name: str, quick: bool):
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        self.name, (self.conn, child) = name, ctx.Pipe()
+        self.proc = ctx.Process(target=serve, args=(child, name, quick), daemon=True)
+        self.proc.start()
+
+    def __call__(self, *command):
+        self.conn.send(command)
+        ok, reply = self.conn.recv()
+        if not ok:
+            raise RuntimeError(f"{self.name}: {reply}")
+        return reply
+
+    def close(self) -> None:
+        self.conn.send(("stop",))
+        self.proc.join()
+
+
+def serve(conn, name: str, quick: bool) -> None:
+    """A Worker's loop: ("setup", dataset, threads), ("encode",) and ("decode",) -> seconds
+    of one repetition, ("check",) -> size after checking the round trip, ("stop",)."""
+    data, method, packed = None, None, None
+    while True:
+        command, *args = conn.recv()
+        try:
+            if command == "stop":
+                return
+            if command == "setup":
+                data = data or datasets(quick)
+                method, packed = method_for(name, data[args[0]], args[1]), None
+                reply = None
+            elif command in ("encode", "decode"):
+                t0 = time.perf_counter()
+                out = method.encode() if command == "encode" else method.decode(packed)
+                reply = time.perf_counter() - t0
+                if command == "encode":
+                    packed = out
+                del out
+            else:
+                if not method.same(method.decode(packed)):
+                    raise AssertionError("round trip failed")
+                reply = method.size(packed)
+            conn.send((True, reply))
+        except Exception as e:  # reported to the parent, which stops the run
+            conn.send((False, f"{command}: {type(e).__name__}: {e}"))
+
+
+def time_in_turns(workers: list[Worker], dataset: str, threads: int, reps: int) -> dict[str, tuple]:
     """{name: (median encode s, median decode s, size, encode times, decode times)}. The
     methods take turns, one repetition each per round, so a slow spell of a shared machine
     hits them all alike; the median, not the best, so that one lucky repetition does not
     decide (every repetition's time goes into the JSON, to show the spread)."""
-    enc: dict[str, list] = {m: [] for m in methods}
-    dec: dict[str, list] = {m: [] for m in methods}
-    packed = {}
+    for w in workers:
+        w("setup", dataset, threads)
+    enc = {w.name: [w("encode") for _ in range(1)] for w in workers} if False else {w.name: [] for w in workers}
+    dec: dict[str, list] = {w.name: [] for w in workers}
     for _ in range(reps):
-        for name, m in methods.items():
-            t0 = time.perf_counter()
-            packed[name] = m.encode()
-            enc[name].append(time.perf_counter() - t0)
+        for w in workers:
+            enc[w.name].append(w("encode"))
     for _ in range(reps):
-        for name, m in methods.items():
-            t0 = time.perf_counter()
-            back = m.decode(packed[name])
-            dec[name].append(time.perf_counter() - t0)
-            del back
-    for name, m in methods.items():
-        assert m.same(m.decode(packed[name])), f"{name}: round trip failed"
-    return {name: (float(np.median(enc[name])), float(np.median(dec[name])), methods[name].size(packed[name]),
-                   enc[name], dec[name]) for name in methods}
+        for w in workers:
+            dec[w.name].append(w("decode"))
+    sizes = {w.name: w("check") for w in workers}
+    return {n: (float(np.median(enc[n])), float(np.median(dec[n])), sizes[n], enc[n], dec[n]) for n in sizes}
 
 
 def run(quick: bool) -> dict:
@@ -183,14 +238,14 @@ def run(quick: bool) -> dict:
     results = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                            "python": platform.python_version(), "torch": torch.__version__},
                "datasets": {}}
+    workers = {m: Worker(m, quick) for m in METHODS}
     for name, sd in datasets(quick).items():
         nbytes = sum(t.numel() * t.element_size() for t in sd.values())
         is_bf16 = max(sd.values(), key=lambda t: t.numel()).dtype == torch.bfloat16
-        names = (["nzip ans", "nzip planes"] + (["nzip dfloat11"] if is_bf16 else [])
-                 + ["nzip zstd", "ZipNN", "ZipNN per tensor", "zstd-3"])
+        names = [m for m in METHODS if is_bf16 or m != "nzip dfloat11"]
         rows = []
         for threads in (1, 2):
-            timed = time_in_turns({m: method_for(m, sd, threads) for m in names}, reps)
+            timed = time_in_turns([workers[m] for m in names], name, threads, reps)
             for m, (enc_s, dec_s, size, enc_all, dec_all) in timed.items():
                 frac, enc, dec = size / nbytes, nbytes / enc_s / 1e6, nbytes / dec_s / 1e6
                 rows.append({"method": m, "threads": threads, "size_fraction": frac, "encode_MBps": enc, "decode_MBps": dec,
@@ -204,6 +259,8 @@ def run(quick: bool) -> dict:
             r["decode_vs_zipnn"] = r["decode_MBps"] / peer["decode_MBps"]
             r["size_vs_zipnn"] = r["size_fraction"] / peer["size_fraction"]
         results["datasets"][name] = {"bytes": nbytes, "bounds": bounds(sd), "rows": rows}
+    for w in workers.values():
+        w.close()
     return results
 
 

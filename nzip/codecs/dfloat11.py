@@ -5,7 +5,7 @@ Huffman code of at most `code_length_limit` bits; sign and mantissa are kept as 
 byte (sign << 7 | mantissa). The exponent bit stream is cut into blocks of `block`
 elements whose bit lengths are stored, so every block decodes on its own: on CPU threads
 here (_entropy.dfloat11_decode parses and checks the payload and decodes in one call:
-eight blocks in lockstep, up to three codes per table lookup), on GPU threads in nzip's
+eight blocks in lockstep, up to six codes per table lookup), on GPU threads in nzip's
 CUDA decoder, which reads this same layout.
 
 Payload (all little-endian):

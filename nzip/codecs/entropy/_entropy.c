@@ -1650,58 +1650,61 @@ static PyObject *huff_encode(PyObject *self, PyObject *args) {
 }
 
 /* The CPU decoder reads the next K = min(maxlen, MULTI_BITS) bits through a table that
- * gives up to three whole codes at once (exponent codes average under 3 bits, so one
- * lookup usually yields three symbols): exponents in bytes 0-2, their count in bits 24-25
- * and their total length in bits 26-31. Count 0: the first code is longer than K bits
+ * gives up to MULTI_MAX whole codes at once (exponent codes average under 3 bits, so one
+ * lookup usually yields four): exponents in bytes 0-5, their count in bits 56-58 and
+ * their total length in bits 59-63. Count 0: the first code is longer than K bits
  * (only when maxlen > MULTI_BITS) or no code starts so; lut32 (2^maxlen entries of
  * length << 16 | exponent << 7, 0 for a prefix no code uses) then decides. */
 #define MULTI_BITS 12
+#define MULTI_MAX 6
 
-static uint32_t *build_multi_lut(const uint32_t *lut32, int maxlen, int K) {
-    uint32_t *m = malloc(sizeof(uint32_t) << K);
+static uint64_t *build_multi_lut(const uint32_t *lut32, int maxlen, int K) {
+    uint64_t *m = malloc(sizeof(uint64_t) << K);
     for (uint32_t idx = 0; m && idx < (1u << K); idx++) {
-        uint32_t entry = 0, used = 0, cnt = 0;
-        while (cnt < 3) {
+        uint64_t entry = 0;
+        uint32_t used = 0, cnt = 0;
+        while (cnt < MULTI_MAX) {
             uint32_t rest = (idx << used) & ((1u << K) - 1); /* the bits after `used`, zero-padded */
             uint32_t e = lut32[(size_t)rest << (maxlen - K)], l = e >> 16;
             if (e == 0 || l > K - used) break; /* the code does not lie wholly inside the K bits */
-            entry |= ((e >> 7) & 0xff) << (8 * cnt);
+            entry |= (uint64_t)((e >> 7) & 0xff) << (8 * cnt);
             used += l;
             cnt++;
         }
-        m[idx] = entry | cnt << 24 | used << 26;
+        m[idx] = entry | (uint64_t)cnt << 56 | (uint64_t)used << 59;
     }
     return m;
 }
 
 typedef struct {
     const uint8_t *stream;
-    const uint32_t *lut32, *mlut;
+    const uint32_t *lut32;
+    const uint64_t *mlut;
     int maxlen, K;
 } huff_dec;
 
-/* One lookup: up to three exponents written at *o (4 bytes stored; the caller leaves a
- * byte of room), *o and *pos advanced; returns 1 on a prefix no code uses. */
+/* One lookup: up to MULTI_MAX exponents written at *o (8 bytes stored; the caller leaves
+ * room), *o and *pos advanced; returns 1 on a prefix no code uses. */
 static inline __attribute__((always_inline)) int huff_multi_step(const huff_dec *h, uint64_t *pos, uint8_t **o) {
     uint64_t w = load_be64(h->stream + (*pos >> 3)) << (*pos & 7);
-    uint32_t m = h->mlut[w >> (64 - h->K)];
+    uint64_t m = h->mlut[w >> (64 - h->K)];
     int bad = 0;
-    if (__builtin_expect(!(m & (3u << 24)), 0)) {
+    if (__builtin_expect(!(m & (7ull << 56)), 0)) {
         uint32_t e = h->lut32[w >> (64 - h->maxlen)];
         bad = e == 0;
-        m = ((e >> 7) & 0xff) | 1u << 24 | (e >> 16) << 26;
+        m = ((e >> 7) & 0xff) | 1ull << 56 | (uint64_t)(e >> 16) << 59;
     }
-    memcpy(*o, &m, 4);
-    *o += (m >> 24) & 3;
-    *pos += m >> 26;
+    memcpy(*o, &m, 8);
+    *o += (m >> 56) & 7;
+    *pos += m >> 59;
     return bad;
 }
 
 /* One lane to its end, each read checked against the stream's end (corrupt input may point
- * anywhere): three symbols a lookup while three remain, then one at a time. */
+ * anywhere): several symbols a lookup while MULTI_MAX remain, then one at a time. */
 static int huff_lane_checked(const huff_dec *h, uint64_t *pos, uint8_t *o, const uint8_t *end, uint64_t nbits) {
     int bad = 0;
-    while (end - o >= 3 && !bad) {
+    while (end - o >= MULTI_MAX && !bad) {
         if (*pos > nbits) return 1;
         bad = huff_multi_step(h, pos, &o);
     }
@@ -1737,7 +1740,7 @@ static int huff_blocks_bf16(const huff_dec *h, uint64_t nbits, const uint64_t *o
         uint64_t end = k + 1 < nblocks ? offsets[k + 1] : nbits;
         if (offsets[k] > end || end > nbits) bad = 1;
     }
-    const Py_ssize_t stride = block + 4; /* a lane's 4-byte stores stay inside its own room */
+    const Py_ssize_t stride = block + 8; /* a lane's 8-byte stores stay inside its own room */
     uint8_t *exp = malloc((size_t)(8 * stride));
     if (!exp) return -2;
     for (Py_ssize_t k = first; k < last && !bad; k += 8) {
@@ -1757,7 +1760,7 @@ static int huff_blocks_bf16(const huff_dec *h, uint64_t nbits, const uint64_t *o
             for (;;) {
                 Py_ssize_t rounds = block;
                 for (int j = 0; j < 8; j++) rounds = end[j] - o[j] < rounds ? end[j] - o[j] : rounds;
-                rounds /= 3; /* a lookup writes at most three: none of these overruns a lane */
+                rounds /= MULTI_MAX; /* none of these lookups overruns a lane */
                 if (rounds == 0 || bad) break;
                 for (Py_ssize_t r = 0; r < rounds; r++)
                     for (int j = 0; j < 8; j++) bad |= huff_multi_step(h, &p[j], &o[j]);
@@ -1842,7 +1845,7 @@ static int df11_decode_core(const uint8_t *buf, Py_ssize_t len, Py_ssize_t n, Py
         for (size_t q = 0; q < ((size_t)1 << (maxlen - l)); q++) lut32[pos++] = e;
     }
     int K = maxlen < MULTI_BITS ? maxlen : MULTI_BITS;
-    uint32_t *mlut = build_multi_lut(lut32, maxlen, K);
+    uint64_t *mlut = build_multi_lut(lut32, maxlen, K);
     if (!mlut) { free(lut32); free(offsets); return -2; }
     int t = threads < 1 ? 1 : threads;
     Py_ssize_t per = (nblocks + t - 1) / t;
