@@ -64,6 +64,22 @@ def test_dfloat11_codes_longer_than_the_multi_symbol_table(limit, threads):
     assert same_bits(codecs.decode(frame, threads=threads), t)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_wide_types_join_in_ranges_on_threads(threads):
+    # ans joins the planes of a large fp32/fp64 tensor in ranges, one per thread (the
+    # vectorised fp32 join leaves a scalar tail when n is not a multiple of 16)
+    g = torch.Generator().manual_seed(5)
+    for t in (torch.randn(600_001, generator=g) * 0.02, torch.randn(600_003, generator=g, dtype=torch.float64)):
+        check_roundtrip(t, "ans", threads=threads)
+    from nzip.codecs.entropy import _entropy
+
+    planes, out = np.zeros(4 * 100, np.uint8), np.zeros(4 * 100, np.uint8)
+    with pytest.raises(ValueError, match="bad sizes"):
+        _entropy.planes_join(planes, out, 4, True, 99)  # planes closer than n bytes apart
+    with pytest.raises(ValueError, match="bad sizes"):
+        _entropy.planes_join(planes[1:], out, 4, True, 100)  # the last plane would run past the end
+
+
 @pytest.mark.parametrize("codec", GENERIC + ["dfloat11"])
 def test_shapes_layouts_and_kinds(codec):
     base = torch.randn(6, 5, 4).to(torch.bfloat16)

@@ -45,8 +45,9 @@ def split(data: np.ndarray, dtype, out: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
-def join(planes: np.ndarray, dtype, out: np.ndarray | None = None) -> np.ndarray:
-    """Inverse of split, into out or a new array (for one-byte types without out: planes)."""
+def join(planes: np.ndarray, dtype, out: np.ndarray | None = None, threads: int = 1) -> np.ndarray:
+    """Inverse of split, into out or a new array (for one-byte types without out: planes);
+    large arrays in ranges on `threads` threads."""
     word = word_size(dtype)
     if word == 1:
         if out is None:
@@ -54,7 +55,10 @@ def join(planes: np.ndarray, dtype, out: np.ndarray | None = None) -> np.ndarray
         out[:] = planes
         return out
     out = np.empty_like(planes) if out is None else out
-    _entropy.planes_join(planes, out, word, dtype.is_float)
+    n = planes.size // word
+    step = max(-(-n // max(threads, 1)), 1 << 18)
+    pmap(lambda a: _entropy.planes_join(planes[a:], out[a * word : min(a + step, n) * word], word, dtype.is_float, n),
+         range(0, n, step), threads)
     return out
 
 
