@@ -292,6 +292,19 @@ def test_decode_many_matches_decode(threads):
     assert all(a.tobytes() == to_bytes(o)[0].tobytes() for a, o in zip(outs, expected))
 
 
+def test_decode_many_gives_each_tensor_memory_of_its_own():
+    # keeping one decoded tensor must not keep the whole model's memory alive
+    def root(a):
+        while isinstance(a.base, np.ndarray):
+            a = a.base
+        return a
+
+    arrays = [np.arange(n, dtype=np.float32) for n in (10, 100_000, 3)]
+    got = codecs.decode_many([codecs.encode(a, "ans") for a in arrays])
+    assert len({id(root(g)) for g in got}) == len(arrays)
+    assert all(g.ctypes.data % 64 == 0 for g in got)
+
+
 @pytest.mark.parametrize("chunk", [1 << 20, 1 << 10])
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_ans_batch_faulting_in_ahead_runs_the_side_task_once(threads, chunk):

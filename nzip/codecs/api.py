@@ -115,8 +115,8 @@ def decode_jobs(jobs: list, threads: int, fresh: bool = False, side: SideTask | 
 def decode_many(frames, out=None, threads: int = 0) -> list:
     """Decode many frames at once (a whole model): faster than one decode() per frame,
     because codecs decode their payloads in one batch across threads. out: optionally one
-    preallocated buffer per frame (as for decode); otherwise the results are views of one
-    freshly allocated buffer."""
+    preallocated buffer per frame (as for decode); otherwise each result gets fresh memory
+    of its own (scratch.fresh_buffers)."""
     threads = resolve_threads(threads)
     # the checksums are checked while the payloads decode (the decoders are bounds-checked:
     # unchecked bytes cannot make them misbehave); nothing is returned, and no error but

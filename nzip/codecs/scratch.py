@@ -1,4 +1,4 @@
-"""Memory for decoding: per-thread scratch buffers, and pre-faulted output buffers.
+"""Memory for decoding: per-thread scratch buffers, and fresh output buffers.
 
 Decoding and encoding split tensors into byte planes that live only for one call;
 allocating them afresh every time costs page faults (and, across threads, contention in
@@ -19,15 +19,15 @@ _local = threading.local()
 
 
 def fresh_buffers(sizes: list[int], align: int = 64) -> list[np.ndarray]:
-    """New uint8 buffers of these sizes, carved `align`-aligned out of one allocation (one
-    large allocation is far cheaper to fault in than many small ones). Their pages are not
-    faulted in yet: see prefault."""
-    offsets, total = [], 0
+    """New uint8 buffers of these sizes, `align`-aligned, one allocation each: freeing one
+    tensor of a decoded model gives its memory back, and the C allocator hands out warm
+    pages it already holds where it can. Their pages may not be faulted in: see prefault."""
+    bufs = []
     for size in sizes:
-        offsets.append(total)
-        total += size + (-size % align)
-    arena = np.empty(total, np.uint8)
-    return [arena[o : o + size] for o, size in zip(offsets, sizes)]
+        raw = np.empty(size + align, np.uint8)
+        start = -raw.ctypes.data % align
+        bufs.append(raw[start : start + size])
+    return bufs
 
 
 def worth_prefaulting(out_bytes: int, source_bytes: int) -> bool:

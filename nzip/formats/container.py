@@ -375,9 +375,8 @@ class Container:
 
     def tensors(self, keys: Iterable[str] | None = None, device=None, framework: str = "torch",
                 threads: int = 0) -> dict:
-        """Decode many tensors in parallel (threads=0: every core). They are decoded into one
-        freshly allocated buffer (each tensor a view of it, 64-byte aligned): one large
-        allocation is far cheaper to fault in than a hundred small ones."""
+        """Decode many tensors in parallel (threads=0: every core), each into fresh memory
+        of its own, 64-byte aligned (scratch.fresh_buffers)."""
         names = list(self._entries if keys is None else keys)
         if framework == "torch" and device is not None and _is_gpu(device):
             return self._tensors_on_gpu(names, device, threads)
