@@ -90,7 +90,7 @@ class Method:
 
 def nzip_method(sd, codec, threads) -> Method:
     """Each tensor encoded on its own (frames with checksums); decoded with decode_many, as
-    nzip.load decodes a checkpoint: one batch, one allocation for the model."""
+    nzip.load decodes a checkpoint: one batch across threads."""
     tensors = list(sd.values())
     return Method(
         encode=lambda: pmap_balanced(lambda t, th: codecs.encode(t, nzip_codec_for(codec, t), threads=th),
