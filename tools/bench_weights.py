@@ -221,7 +221,7 @@ def time_in_turns(workers: list[Worker], dataset: str, threads: int, reps: int) 
     decide (every repetition's time goes into the JSON, to show the spread)."""
     for w in workers:
         w("setup", dataset, threads)
-    enc = {w.name: [w("encode") for _ in range(1)] for w in workers} if False else {w.name: [] for w in workers}
+    enc: dict[str, list] = {w.name: [] for w in workers}
     dec: dict[str, list] = {w.name: [] for w in workers}
     for _ in range(reps):
         for w in workers:

@@ -13,7 +13,7 @@ import threading
 import numpy as np
 
 KEEP_BYTES = 256 << 20  # larger buffers are not kept between calls
-PREFAULT_RATIO = 16  # see fresh_buffers
+PREFAULT_RATIO = 16  # see worth_prefaulting
 
 _local = threading.local()
 
