@@ -6,12 +6,44 @@ container decoding tensors in parallel, each codec splitting its own work) never
 
 from __future__ import annotations
 
+import functools
+import math
+import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Callable, Iterable, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"
+
+
+@functools.cache
+def cores() -> int:
+    """The cores this process may use: its CPU affinity, capped by its cgroup's CPU quota
+    (os.cpu_count() counts the host's: a container given 2 CPUs of a 64-core host would
+    start 64 threads that take turns on 2)."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        with open(CGROUP_CPU_MAX) as f:
+            quota = quota_cores(f.read())
+    except OSError:
+        quota = None
+    return max(1, min(n, quota or n))
+
+
+def quota_cores(cpu_max: str) -> int | None:
+    """Cores a cgroup v2 cpu.max line ("QUOTA PERIOD", or "max PERIOD") allows; None: no limit."""
+    parts = cpu_max.split()
+    if len(parts) != 2 or parts[0] == "max":
+        return None
+    try:
+        quota, period = int(parts[0]), int(parts[1])
+    except ValueError:
+        return None
+    return max(1, math.ceil(quota / period)) if quota > 0 and period > 0 else None
+
 
 _pool: ThreadPoolExecutor | None = None
 _lock = threading.Lock()

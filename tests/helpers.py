@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import select
+import subprocess
+
 import numpy as np
 import torch
 
@@ -53,3 +57,23 @@ def tiny_llama(seed: int = 0, layers: int = 2, vocab: int = 512, hidden: int = 6
                                       max_position_embeddings=64, tie_word_embeddings=tied)
     torch.manual_seed(seed)
     return transformers.LlamaForCausalLM(config).to(torch.bfloat16).eval()
+
+
+@contextlib.contextmanager
+def child_process(args: list, timeout: float = 120, **popen):
+    """A subprocess that is killed and reaped however the test ends, so that a test that
+    fails (or a child that hangs) never leaves a process behind or waits forever."""
+    proc = subprocess.Popen(args, **popen)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=timeout)
+
+
+def read_line(proc: subprocess.Popen, timeout: float = 120) -> bytes:
+    """The child's next line of stdout; fails instead of blocking when none comes in time."""
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    assert ready, f"the child printed nothing for {timeout} s (exit status {proc.poll()})"
+    return proc.stdout.readline()

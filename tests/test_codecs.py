@@ -1,5 +1,7 @@
 """Every codec: bit-exact round trips over dtypes, shapes, layouts and special values."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -348,6 +350,20 @@ def test_side_task_runs_once_and_hands_on_its_error():
     with pytest.raises(ZeroDivisionError):
         task.result()
     assert calls == [1]
+
+
+def test_threads_default_to_the_cores_this_process_may_use():
+    from nzip.parallel import cores, quota_cores
+
+    assert quota_cores("max 100000\n") is None  # no limit
+    assert quota_cores("200000 100000\n") == 2
+    assert quota_cores("150000 100000") == 2  # 1.5 CPUs: two threads, each busy part of the time
+    assert quota_cores("5000 100000") == 1
+    assert quota_cores("") is None and quota_cores("x y") is None and quota_cores("0 100000") is None
+    assert 1 <= cores() <= len(os.sched_getaffinity(0))
+    from nzip.codecs.registry import resolve_threads
+
+    assert resolve_threads(0) == resolve_threads(None) == cores()
 
 
 def test_decode_many_rejects_corrupt_payloads():

@@ -40,6 +40,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from nzip.parallel import cores  # noqa: E402
+
 METHODS = ["torch.save", "safetensors", "safetensors+zstd", "ZipNN", "nzip"]
 SYNTHETIC_TENSORS = 64  # x 8M bf16 elements: 1 GiB
 
@@ -85,7 +87,7 @@ def zipnn_codec(sd: dict):
 
     main = max(sd.values(), key=lambda t: t.numel()).dtype
     dtype = {torch.bfloat16: "bfloat16", torch.float32: "float32", torch.float16: "float16"}[main]
-    return ZipNN(bytearray_dtype=dtype, threads=os.cpu_count(), input_format="byte")
+    return ZipNN(bytearray_dtype=dtype, threads=cores(), input_format="byte")
 
 
 def save_with(method: str, sd: dict, path: Path) -> None:
@@ -208,7 +210,7 @@ def worker(method: str, name: str, folder: Path, reps: int) -> dict:
 
 def run(quick: bool, reps: int) -> dict:
     names = ["MiniLM-fp32", "MiniLM-bf16"] + ([] if quick else ["synthetic-bf16-1GiB"])
-    results = {"machine": {"cores": os.cpu_count()}, "datasets": {}}
+    results = {"machine": {"cores": cores()}, "datasets": {}}
     with tempfile.TemporaryDirectory(dir=os.environ.get("NZIP_BENCH_DIR")) as folder:
         for name in names:
             rows = []

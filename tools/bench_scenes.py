@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from nzip.parallel import cores  # noqa: E402
 from nzip.scenes import Scene, read_scene, write_scene  # noqa: E402
 from nzip.scenes.codec import decode_scene, encode_scene  # noqa: E402
 from nzip.scenes.fidelity import fidelity, renders, side_by_side, write_png  # noqa: E402
@@ -143,7 +143,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.readme_from:
         return replace_table("scenes", table(json.loads(Path(args.readme_from).read_text())))
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(cores())
     size = tuple(int(v) for v in args.size.lower().split("x"))
     results = {"views": args.views, "size": args.size, "scenes": []}
     with tempfile.TemporaryDirectory() as tmp:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import time
@@ -33,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from nzip import codecs  # noqa: E402
 from nzip.dtypes import to_bytes  # noqa: E402
-from nzip.parallel import pmap_balanced  # noqa: E402
+from nzip.parallel import cores, pmap_balanced  # noqa: E402
 
 
 def minilm_state_dict() -> dict[str, torch.Tensor]:
@@ -235,7 +234,7 @@ def time_in_turns(workers: list[Worker], dataset: str, threads: int, reps: int) 
 
 def run(quick: bool) -> dict:
     reps = 3 if quick else 9
-    results = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+    results = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": cores(),
                            "python": platform.python_version(), "torch": torch.__version__},
                "datasets": {}}
     workers = {m: Worker(m, quick) for m in METHODS}

@@ -9,7 +9,6 @@ Third-party codecs register through the entry-point group "nzip.codecs".
 from __future__ import annotations
 
 import json
-import os
 from importlib.metadata import entry_points
 from typing import Any, ClassVar
 
@@ -17,14 +16,15 @@ import numpy as np
 
 from ..dtypes import DType
 from ..errors import BadParameterError, UnknownCodecError, UnsupportedDtypeError
+from ..parallel import cores
 
 ENTRY_POINT_GROUP = "nzip.codecs"
 
 
 def resolve_threads(threads: int | None) -> int:
-    """threads=0 (or None) means every core; otherwise at least 1."""
+    """threads=0 (or None) means every core this process may use; otherwise at least 1."""
     if threads is None or threads == 0:
-        return os.cpu_count() or 1
+        return cores()
     if not isinstance(threads, int) or threads < 0:
         raise BadParameterError(f"threads must be an int >= 0, got {threads!r}")
     return threads
