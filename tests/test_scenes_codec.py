@@ -158,6 +158,47 @@ def test_rotation_tiers_follow_elongation_not_size():
     assert rt[1] > rt[0] == rt[2]  # round: no rotation importance, whatever the size
 
 
+def test_position_refinement_follows_opacity_exactly():
+    """Refinement bits per axis from the stored opacity level (7 bits, all 3 from alpha 1/4):
+    thresholds 127 x 2^-4, 2^-3, 2^-2 = 7.94, 15.9, 31.75; and log2(alpha) rounded up."""
+    from nzip.scenes.codec import _floor_log2_alpha, _refinement
+
+    levels = np.array([0, 7, 8, 15, 16, 31, 32, 127])
+    assert _refinement(levels, 7, 3, 0.25).tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert _refinement(levels, 7, 0, 0.25).tolist() == [0] * 8
+    assert _floor_log2_alpha(np.array([127, 64, 63, 1, 0]), 7).tolist() == [0, 0, -1, -6, -7]
+
+
+def test_opaque_gaussians_get_finer_positions(tmp_path):
+    """Each decoded position lies within the cell its opacity earned: opaque ones within
+    half a finest cell, faint ones within a cell 2^3 times as wide (and use that room)."""
+    from scipy.spatial import cKDTree
+
+    from nzip.scenes.codec import LEVELS, POSITION_ALPHA, _refinement
+
+    rng = np.random.default_rng(4)
+    n = 3000
+    positions = rng.uniform(-1, 1, (n, 3)).astype(np.float32)
+    alpha = np.where(np.arange(n) % 2 == 0, 0.9, 0.02)  # every other one opaque
+    scene = Scene(positions=positions, sh_dc=rng.normal(0, 1, (n, 3)).astype(np.float32),
+                  sh_rest=np.zeros((n, 0, 3), np.float32), opacity=np.log(alpha / (1 - alpha)).astype(np.float32),
+                  scales=np.full((n, 3), -4.0, np.float32), rotations=np.tile(np.float32([1, 0, 0, 0]), (n, 1)))
+    encode_scene(scene, tmp_path / "x.nzs", level="medium")
+    back = decode_scene(tmp_path / "x.nzs")
+    cfg = LEVELS["medium"]
+    match = cKDTree(positions).query(back.positions)[1]  # points lie far apart: no ambiguity
+    assert len(set(match.tolist())) == n
+    cell = (positions.max(axis=0) - positions.min(axis=0)) / 2.0 ** cfg["position_bits"]
+    levels = np.rint(1 / (1 + np.exp(-back.opacity.astype(np.float64))) * ((1 << cfg["opacity_bits"]) - 1))
+    earned = _refinement(levels, cfg["opacity_bits"], cfg["position_refine"], POSITION_ALPHA)
+    err = np.abs(back.positions - positions[match]) / cell
+    room = 2.0 ** (cfg["position_refine"] - earned)[:, None] / 2
+    assert np.all(err <= room * (1 + 1e-3))
+    opaque = alpha[match] > 0.5
+    assert set(earned[opaque]) == {cfg["position_refine"]} and set(earned[~opaque]) == {0}
+    assert err[~opaque].max() > 2 * err[opaque].max()
+
+
 def test_tiers_that_disagree_with_their_arrays_are_refused(donut, tmp_path):
     """A forged file (valid checksums) whose tier array does not match the per-tier arrays."""
     from nzip.formats import container
@@ -169,7 +210,8 @@ def test_tiers_that_disagree_with_their_arrays_are_refused(donut, tmp_path):
     for name, edit in (("tier", lambda a: np.full_like(a, 3)), ("tier", lambda a: np.full_like(a, 9)),
                        ("dc.3", lambda a: a[:-1]), ("rotation.tier", lambda a: np.full_like(a, 13)),
                        ("rotation.tier", lambda a: np.zeros_like(a)), ("rotation.tier", lambda a: a[:-1]),
-                       ("rotation.small.3", lambda a: a[:-1])):
+                       ("rotation.small.3", lambda a: a[:-1]), ("positions.refine2", lambda a: a[:-1]),
+                       ("opacity", lambda a: a[:-1]), ("opacity", lambda a: np.zeros_like(a))):
         arrays = {**t, name: edit(t[name])}
         container.write(tmp_path / "forged.nzs", [_item(k, v) for k, v in arrays.items()], metadata=meta, overwrite=True)
         with pytest.raises(FormatError, match="inconsistent"):

@@ -63,15 +63,15 @@ def write_storage_and_scene_files() -> None:
 
 
 def write_scene_files() -> None:
-    """Scene format 3 (rotation tiers): a lossy .nzs and the values it decoded to. The v2
-    files (format 2, importance tiers only) are frozen, kept to prove that format 2 still
-    decodes, as the v1 ones are for format 1."""
+    """Scene format 4 (positions refined by opacity, tiers stored against it): a lossy .nzs
+    and the values it decoded to. The v2 and v3 files (formats 2 and 3) are frozen, kept to
+    prove that those formats still decode, as the v1 ones are for format 1."""
     from nzip.scenes.codec import decode_scene, encode_scene
 
     scene = golden_scene()
-    encode_scene(scene, HERE / "v3_scene_medium.nzs", level="medium", overwrite=True, threads=1)
-    back = decode_scene(HERE / "v3_scene_medium.nzs")
-    np.savez_compressed(HERE / "v3_scene_medium_decoded.npz", **{f: getattr(back, f) for f in
+    encode_scene(scene, HERE / "v4_scene_medium.nzs", level="medium", overwrite=True, threads=1)
+    back = decode_scene(HERE / "v4_scene_medium.nzs")
+    np.savez_compressed(HERE / "v4_scene_medium_decoded.npz", **{f: getattr(back, f) for f in
                         ("positions", "sh_dc", "sh_rest", "opacity", "scales", "rotations")})
 
 
