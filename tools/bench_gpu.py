@@ -122,7 +122,7 @@ def bench_size(nbytes: int, kernel, reps: int, tuning: tuple = (gpu.THREADS, Non
         assert torch.equal(out.view(torch.int16), ref.view(torch.int16)), "nzip GPU decode is not bit-exact"
         t = timed(lambda: plan.run(check=False), reps)
         row[f"nzip_b{block}"] = {"size_fraction": len(payload) / nbytes, "gbps": nbytes / t / 1e9, "ms": t * 1e3}
-        del resident, plan, out
+        resident = plan = out = None  # (free the GPU memory before the next size)
     if kernel is not None and n <= (512 * MiB):
         import cupy as cp
 

@@ -239,7 +239,6 @@ def meta_model(folder):
     None without transformers or for an architecture it does not know."""
     try:
         import torch
-        import transformers
         from transformers import AutoConfig
     except ImportError:
         return None
