@@ -81,6 +81,7 @@ LEVELS = {
             "rest": [64], "prune": 2, "tiers": 7, "drop_tiers": 1},
 }
 CANDIDATES = ("ans", "planes", "zstd", "raw")
+OTHERS = np.array([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]])  # the components beside the largest, in order
 # the opacity from which a Gaussian's position gets every refinement bit (each halving of
 # alpha below it costs one bit per axis): a power of two, so that the rule is exact
 POSITION_ALPHA = 0.25
@@ -298,7 +299,7 @@ def _lossy_items(scene: Scene, cfg: dict, meta: dict, seed: int) -> list[contain
     rot /= np.maximum(np.linalg.norm(rot, axis=1, keepdims=True), 1e-12)
     largest = np.abs(rot).argmax(axis=1)
     rot = np.where(rot[np.arange(n), largest][:, None] < 0, -rot, rot)
-    others = np.sort(np.argsort(np.arange(4)[None, :] == largest[:, None], axis=1, kind="stable")[:, :3], axis=1)
+    others = OTHERS[largest]
     m = ((1 << (cfg["rotation_bits"] - 1 + shift)) - 1)[:, None]
     small = np.rint(np.take_along_axis(rot, others, axis=1) * math.sqrt(2) * m) + m
     meta["rotation_bits"] = cfg["rotation_bits"]
@@ -364,17 +365,17 @@ def _decode_lossy(t: dict, meta: dict) -> Scene:
         refine = int(meta["position_refine"])
         if not 0 <= refine < bits <= 21:
             raise ValueError("position bits")
-        fine = unmorton(code) << np.uint64(refine)
         earned = _refinement(t["opacity"], obits, refine, float(meta["position_alpha"]))
+        # the refinement bits, plus half of the cell they narrow the position down to
+        extra = np.repeat(np.exp2(refine - earned - 1)[:, None], 3, axis=1)
         for j in range(1, refine + 1):
             sel = earned >= j
-            plane = t[f"positions.refine{j}"].astype(np.uint64)
+            plane = t[f"positions.refine{j}"]
             if len(plane) != int(sel.sum()):
                 raise ValueError(f"position refinement {j}")
-            for axis in range(3):
-                fine[sel, axis] |= ((plane >> np.uint64(axis)) & np.uint64(1)) << np.uint64(refine - j)
-        centre = fine.astype(np.float64) + np.exp2(refine - earned - 1)[:, None]  # of the cell it narrowed down to
-        positions = (lo + centre / 2.0 ** bits * span).astype(np.float32)
+            extra[sel] += ((plane[:, None] >> np.arange(3, dtype=np.uint8)) & 1) * float(1 << (refine - j))
+        coarse = unmorton(code).astype(np.float64) * float(1 << refine)
+        positions = (lo + (coarse + extra) / 2.0 ** bits * span).astype(np.float32)
     else:
         positions = (lo + unmorton(code).astype(np.float64) / ((1 << bits) - 1) * span).astype(np.float32)
 
@@ -422,7 +423,7 @@ def _decode_lossy(t: dict, meta: dict) -> Scene:
         raise ValueError("rotation index")
     small = (levels - m) / (math.sqrt(2) * m)
     rot = np.zeros((n, 4))
-    others = np.sort(np.argsort(np.arange(4)[None, :] == largest[:, None], axis=1, kind="stable")[:, :3], axis=1)
+    others = OTHERS[largest]
     np.put_along_axis(rot, others, small, axis=1)
     rot[np.arange(n), largest] = np.sqrt(np.maximum(0, 1 - (small * small).sum(axis=1)))
     return Scene(positions=positions, sh_dc=dc.astype(np.float32), sh_rest=rest,

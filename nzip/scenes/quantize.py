@@ -56,9 +56,11 @@ def residual_vq(x: torch.Tensor, stages: list[int], seed: int = 0) -> tuple[list
 
 
 def rvq_decode(books: list[np.ndarray], indices: list[np.ndarray]) -> np.ndarray:
-    out = np.zeros((len(indices[0]), books[0].shape[1]), np.float32)
-    for book, idx in zip(books, indices):
-        out += book[idx.astype(np.int64)]
+    # the first stage's rows are the output itself: no zeroed array to add them to (at 1M
+    # SH3 Gaussians that array is 180 MB of fresh pages)
+    out = np.take(books[0], indices[0].astype(np.intp), axis=0)
+    for book, idx in zip(books[1:], indices[1:]):
+        out += np.take(book, idx.astype(np.intp), axis=0)
     return out
 
 
