@@ -4,7 +4,7 @@
     scene = decode_scene("scene.nzs")
 
 Lossy levels (low, medium, high), fitted post hoc, no training images:
-- positions (format 4): cells of a grid over the bounding box (12/14/17 bits per axis);
+- positions (format 4): cells of a grid over the bounding box (11/14/17 bits per axis);
   the Gaussians sorted by the Morton code of their cell 3 bits coarser (every other
   attribute follows that order), the sorted codes stored as deltas; then up to 3
   refinement bits per axis, as many as the Gaussian's opacity earns: all from alpha 1/4,
@@ -77,7 +77,7 @@ LEVELS = {
              "dc_step": 1 / 48, "rest": [1024, 256], "prune": 0, "tiers": 7},
     "medium": {"position_bits": 14, "position_refine": 3, "opacity_bits": 7, "scale_step": 1 / 12, "rotation_bits": 6,
                "dc_step": 1 / 16, "rest": [256], "prune": 1, "tiers": 7},
-    "low": {"position_bits": 12, "position_refine": 3, "opacity_bits": 7, "scale_step": 1 / 8, "rotation_bits": 6, "dc_step": 1 / 8,
+    "low": {"position_bits": 11, "position_refine": 3, "opacity_bits": 7, "scale_step": 1 / 8, "rotation_bits": 6, "dc_step": 1 / 8,
             "rest": [64], "prune": 2, "tiers": 7, "drop_tiers": 1},
 }
 CANDIDATES = ("ans", "planes", "zstd", "raw")
