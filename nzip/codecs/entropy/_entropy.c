@@ -1716,14 +1716,19 @@ typedef struct {
     int maxlen, K;
 } huff_dec;
 
+/* The full table's entry for the code at bit `pos` (length << 16 | exponent << 7; 0: a
+ * prefix no code uses). */
+static inline uint32_t huff_one(const huff_dec *h, uint64_t pos) {
+    return h->lut32[(load_be64(h->stream + (pos >> 3)) << (pos & 7)) >> (64 - h->maxlen)];
+}
+
 /* One lookup: up to MULTI_MAX exponents written at *o (8 bytes stored; the caller leaves
  * room), *o and *pos advanced; returns 1 on a prefix no code uses. */
 static inline __attribute__((always_inline)) int huff_multi_step(const huff_dec *h, uint64_t *pos, uint8_t **o) {
-    uint64_t w = load_be64(h->stream + (*pos >> 3)) << (*pos & 7);
-    uint64_t m = h->mlut[w >> (64 - h->K)];
+    uint64_t m = h->mlut[(load_be64(h->stream + (*pos >> 3)) << (*pos & 7)) >> (64 - h->K)];
     int bad = 0;
     if (__builtin_expect(!(m & (7ull << 56)), 0)) {
-        uint32_t e = h->lut32[w >> (64 - h->maxlen)];
+        uint32_t e = huff_one(h, *pos);
         bad = e == 0;
         m = ((e >> 7) & 0xff) | 1ull << 56 | (uint64_t)(e >> 16) << 59;
     }
@@ -1743,7 +1748,7 @@ static int huff_lane_checked(const huff_dec *h, uint64_t *pos, uint8_t *o, const
     }
     while (o < end && !bad) {
         if (*pos > nbits) return 1;
-        uint32_t e = h->lut32[(load_be64(h->stream + (*pos >> 3)) << (*pos & 7)) >> (64 - h->maxlen)];
+        uint32_t e = huff_one(h, *pos);
         bad = e == 0;
         *o++ = (uint8_t)(e >> 7);
         *pos += e >> 16;
