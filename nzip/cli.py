@@ -242,7 +242,7 @@ def _pack_scene(args, src: Path) -> None:
     steps = _progress(args, args.refine, "refining codebooks", unit="step") if args.refine else contextlib.nullcontext()
     with steps as bar:
         report = encode_scene(scene, dst, level=level, overwrite=args.force, threads=args.threads,
-                              refine=args.refine, device=device,
+                              refine=args.refine, device=device, views=args.views,
                               progress=(lambda step, loss: bar.update(1)) if bar is not None else None)
     a = src.stat().st_size
     _say(args, f"{src} : {len(scene)} Gaussians, SH degree {scene.sh_degree}, level {level}: "
@@ -451,7 +451,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--refine", type=int, default=0, metavar="STEPS",
                     help="scenes with SH degree >= 1: tune the SH codebooks against renders of the original "
                          "for STEPS gradient steps (default 0: off; ~0.5-5 s a step on a CPU, ms on a GPU)")
-    sp.add_argument("--device", help="scenes: where --refine renders, cpu or cuda (default: cuda when present)")
+    sp.add_argument("--views", type=int, metavar="N",
+                    default=0, help="scenes: decide which Gaussians get finer steps from N renders of the original "
+                                    "(128x96) instead of alpha x size alone (default 0: off; nzip.scenes.visibility "
+                                    "says what it buys and where it loses)")
+    sp.add_argument("--device", help="scenes: where --refine (and --views) render, cpu or cuda "
+                                     "(default: cuda when present and --refine is on)")
     common(sp)
     sp.set_defaults(func=cmd_pack)
 

@@ -72,12 +72,15 @@ def test_golden_scenes():
     expected_rotation_tiered = np.load(HERE / "v3_scene_medium_decoded.npz")
     refined = decode_scene(HERE / "v4_scene_medium.nzs")  # format 4: positions refined by opacity
     expected_refined = np.load(HERE / "v4_scene_medium_decoded.npz")
+    columns = decode_scene(HERE / "v5_scene_medium.nzs")  # format 5: level arrays as columns
+    expected_columns = np.load(HERE / "v5_scene_medium_decoded.npz")
     for field in ("positions", "sh_dc", "sh_rest", "opacity", "scales", "rotations"):
         assert np.array_equal(getattr(exact, field), getattr(scene, field)), field
         assert np.array_equal(getattr(medium, field), expected[field]), field
         assert np.array_equal(getattr(tiered, field), expected_tiered[field]), field
         assert np.array_equal(getattr(rotation_tiered, field), expected_rotation_tiered[field]), field
         assert np.array_equal(getattr(refined, field), expected_refined[field]), field
+        assert np.array_equal(getattr(columns, field), expected_columns[field]), field
 
 
 def test_golden_lossy_frames():

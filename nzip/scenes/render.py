@@ -134,8 +134,10 @@ class SceneTensors:
         self.cov3d = M @ M.transpose(1, 2)
 
 
-def render(scene: Scene | SceneTensors, cam: Camera) -> torch.Tensor:
-    """The image (height x width x 3, float32, not clamped) that `cam` sees."""
+def render(scene: Scene | SceneTensors, cam: Camera, seen: torch.Tensor | None = None) -> torch.Tensor:
+    """The image (height x width x 3, float32, not clamped) that `cam` sees. seen: a
+    tensor of one float per Gaussian, to which each Gaussian's weight in the image (the
+    sum over pixels of transmittance x alpha) is added."""
     g = scene if isinstance(scene, SceneTensors) else SceneTensors(scene)
     dev = g.device
     R = torch.as_tensor(cam.R, dtype=torch.float32, device=dev)
@@ -223,6 +225,8 @@ def render(scene: Scene | SceneTensors, cam: Camera) -> torch.Tensor:
         live = ~(torch.cumsum(ends.int(), dim=1) > 0) & ~done[active][:, None, :]
         alpha = torch.where(live, alpha, torch.zeros((), device=dev))
         weight = t_before * alpha  # A x CHUNK x P
+        if seen is not None:
+            seen.index_add_(0, idx[gid].reshape(-1), weight.sum(dim=2).reshape(-1).to(seen.dtype))
         image[active] += torch.einsum("acp,acd->apd", weight, colour[gid])
         trans[active] = trans[active] * torch.prod(1 - alpha, dim=1)
         done[active] |= ends.any(dim=1)

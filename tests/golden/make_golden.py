@@ -37,14 +37,18 @@ def golden_state(step: int) -> dict:
                                                  "groups": [{"lr": 0.001, "betas": (0.9, 0.99)}]}, "step": step}
 
 
-def golden_scene():
-    """A small SH-degree-1 scene from fixed seeds."""
+def golden_scene(n: int = 600, grey: bool = False):
+    """A small SH-degree-1 scene from fixed seeds; grey: colour channels that move together
+    (as in real scenes, where format 5 stores them as differences)."""
     from nzip.scenes import Scene
 
     rng = np.random.default_rng(7)
-    n = 600
-    return Scene(positions=rng.normal(size=(n, 3)).astype(np.float32),
-                 sh_dc=rng.normal(0, 0.5, (n, 3)).astype(np.float32),
+    positions = rng.normal(size=(n, 3)).astype(np.float32)  # drawn in the order of the frozen files
+    dc = rng.normal(0, 0.5, (n, 3))
+    if grey:
+        dc = dc[:, :1] + 0.1 * dc
+    return Scene(positions=positions,
+                 sh_dc=dc.astype(np.float32),
                  sh_rest=rng.normal(0, 0.05, (n, 3, 3)).astype(np.float32),
                  opacity=rng.normal(0, 2, n).astype(np.float32),
                  scales=rng.normal(-4, 0.5, (n, 3)).astype(np.float32),
@@ -63,15 +67,15 @@ def write_storage_and_scene_files() -> None:
 
 
 def write_scene_files() -> None:
-    """Scene format 4 (positions refined by opacity, tiers stored against it): a lossy .nzs
-    and the values it decoded to. The v2 and v3 files (formats 2 and 3) are frozen, kept to
-    prove that those formats still decode, as the v1 ones are for format 1."""
+    """Scene format 5 (level arrays stored as rows or as columns, tiers from renders): a
+    lossy .nzs and the values it decoded to. The v2, v3 and v4 files (formats 2-4) are
+    frozen, kept to prove that those formats still decode, as the v1 ones are for format 1."""
     from nzip.scenes.codec import decode_scene, encode_scene
 
-    scene = golden_scene()
-    encode_scene(scene, HERE / "v4_scene_medium.nzs", level="medium", overwrite=True, threads=1)
-    back = decode_scene(HERE / "v4_scene_medium.nzs")
-    np.savez_compressed(HERE / "v4_scene_medium_decoded.npz", **{f: getattr(back, f) for f in
+    scene = golden_scene(4000, grey=True)
+    encode_scene(scene, HERE / "v5_scene_medium.nzs", level="medium", overwrite=True, threads=1)
+    back = decode_scene(HERE / "v5_scene_medium.nzs")
+    np.savez_compressed(HERE / "v5_scene_medium_decoded.npz", **{f: getattr(back, f) for f in
                         ("positions", "sh_dc", "sh_rest", "opacity", "scales", "rotations")})
 
 
