@@ -168,7 +168,7 @@ def test_level_columns_round_trip_and_take_differences_where_they_pay():
     assert np.array_equal(_unzigzag(_zigzag(d)), d) and _zigzag(d).min() == 0
     grey = rng.integers(0, 400, 5000)
     levels = np.stack([grey, grey + rng.integers(-2, 3, 5000), rng.integers(0, 400, 5000)], axis=1)
-    predictors, items = _columns("dc.3", levels)
+    predictors, items, _ = _columns("dc.3", levels)
     assert predictors[:2] == [0, 1] and predictors[2] == 0, predictors
     arrays = {it.name: np.frombuffer(it.raw, np.dtype(it.dtype.name)).reshape(it.shape) for it in items}
     assert np.array_equal(_tier_part(arrays, "dc.3", 3, {"dc.3": predictors}), levels)

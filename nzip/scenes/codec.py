@@ -116,15 +116,16 @@ def _best(raw: np.ndarray, dtype_name: str):
 
 
 def _item(name: str, array: np.ndarray, auto: bool = False) -> container.Item:
+    return _sized_item(name, array, auto)[0]
+
+
+def _sized_item(name: str, array: np.ndarray, auto: bool = False) -> tuple[container.Item, int]:
+    """(the item, the bytes its payload and its header entry take; 0 with auto)."""
     array = np.ascontiguousarray(array)
     dtype = dtype_from_name(array.dtype.name)
     raw = array.reshape(-1).view(np.uint8)
-    return container.Item(name, raw, dtype, tuple(array.shape), "auto" if auto else _best(raw, array.dtype.name)[0])
-
-
-def _size(item: container.Item) -> int:
-    """The bytes an item's payload takes, and its entry in the header."""
-    return _best(item.raw, item.dtype.name)[1] + ENTRY_BYTES
+    codec, size = ("auto", -ENTRY_BYTES) if auto else _best(raw, array.dtype.name)
+    return container.Item(name, raw, dtype, tuple(array.shape), codec), size + ENTRY_BYTES
 
 
 def _index_dtype(k: int):
@@ -211,13 +212,13 @@ def _by_tier(name: str, levels: np.ndarray, tier: np.ndarray, count: int, layout
     out = []
     for t in range(count):
         part = levels[tier == t].astype(np.int64)
-        rows = [_item(f"{name}.{t}", _unsigned(part))]
-        predictors, columns = _columns(f"{name}.{t}", part)
-        if sum(map(_size, columns)) < sum(map(_size, rows)):
+        rows, size = _sized_item(f"{name}.{t}", _unsigned(part))
+        predictors, columns, sizes = _columns(f"{name}.{t}", part)
+        if sum(sizes) < size:
             layouts[f"{name}.{t}"] = predictors
             out += columns
         else:
-            out += rows
+            out.append(rows)
     return out
 
 
@@ -235,21 +236,23 @@ def _unzigzag(z: np.ndarray) -> np.ndarray:
     return (z >> 1) ^ -(z & 1)
 
 
-def _columns(name: str, levels: np.ndarray) -> tuple[list[int], list[container.Item]]:
+def _columns(name: str, levels: np.ndarray) -> tuple[list[int], list[container.Item], list[int]]:
     """A level array as one array per column (`name.c0`, ...), each with a table of its
     own, and each stored as itself or as its (zigzagged) difference from an earlier column,
     whichever has the lower order-0 entropy: colour channels and a Gaussian's axes move
     together (biker's DC at medium: 272 -> 204 KB). predictors[j]: 0 for itself, k + 1 for
-    the difference from column k."""
-    predictors, items = [], []
+    the difference from column k; sizes: the items' (_sized_item)."""
+    predictors, items, sizes = [], [], []
     for j in range(levels.shape[1]):
         options = [levels[:, j]] + [levels[:, j] - levels[:, k] for k in range(j)]
         costs = [_entropy_bits(o) for o in options]
         best = int(np.argmin(costs))
         predictors.append(best)
         stored = options[0] if best == 0 else _zigzag(options[best])
-        items.append(_item(f"{name}.c{j}", _unsigned(stored)))
-    return predictors, items
+        item, size = _sized_item(f"{name}.c{j}", _unsigned(stored))
+        items.append(item)
+        sizes.append(size)
+    return predictors, items, sizes
 
 
 def _entropy_bits(values: np.ndarray) -> float:
