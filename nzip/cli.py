@@ -452,9 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="scenes with SH degree >= 1: tune the SH codebooks against renders of the original "
                          "for STEPS gradient steps (default 0: off; ~0.5-5 s a step on a CPU, ms on a GPU)")
     sp.add_argument("--views", type=int, metavar="N",
-                    default=0, help="scenes: decide which Gaussians get finer steps from N renders of the original "
-                                    "(128x96) instead of alpha x size alone (default 0: off; nzip.scenes.visibility "
-                                    "says what it buys and where it loses)")
+                    help="scenes: N renders of the original (128x96) that move each Gaussian's tier by up to one "
+                         "(finer steps for what is seen, coarser for what is hidden); default 12 up to 300,000 "
+                         "Gaussians, 0 (off) above")
     sp.add_argument("--device", help="scenes: where --refine (and --views) render, cpu or cuda "
                                      "(default: cuda when present and --refine is on)")
     common(sp)

@@ -14,7 +14,7 @@ import torch
 from nzip.errors import BadParameterError, ChecksumError, FormatError, TruncatedError
 from nzip.scenes import Scene, read_scene, write_scene
 from nzip.scenes.codec import decode_scene, encode_scene
-from nzip.scenes.fidelity import fidelity, psnr, ssim
+from nzip.scenes.fidelity import fidelity, psnr, renders, ssim
 from nzip.scenes.quantize import morton, unmorton
 from nzip.scenes.render import Camera, look_at, orbit, render, sh_colour
 
@@ -176,6 +176,24 @@ def test_level_columns_round_trip_and_take_differences_where_they_pay():
         _tier_part(arrays, "dc.3", 3, {"dc.3": [0, 3, 0]})
 
 
+def test_forged_column_layouts_are_refused(tmp_path):
+    """A file (valid checksums) whose "columns" metadata or column arrays do not fit."""
+    from nzip.formats import container
+    from nzip.scenes.codec import _item
+
+    golden = Path(__file__).parent / "golden" / "v5_scene_medium.nzs"
+    with container.Container(golden) as box:
+        meta, t = box.metadata(), box.tensors(framework="numpy")
+    assert meta["columns"]["dc.3"] == [0, 1, 2]
+    for columns, arrays in (({**meta["columns"], "dc.3": [0, 3, 0]}, t), ({**meta["columns"], "dc.3": [0, 1]}, t),
+                            (meta["columns"], {k: v for k, v in t.items() if k != "dc.3.c1"}),
+                            (meta["columns"], {**t, "dc.3.c2": t["dc.3.c2"][:-1]}), ([1, 2], t)):
+        container.write(tmp_path / "forged.nzs", [_item(k, v) for k, v in arrays.items()],
+                        metadata={**meta, "columns": columns}, overwrite=True)
+        with pytest.raises(FormatError, match="inconsistent"):
+            decode_scene(tmp_path / "forged.nzs")
+
+
 def shell_scene(inner=50, shell=600, seed=0):
     """Opaque Gaussians tiling a unit sphere around smaller ones inside it."""
     rng = np.random.default_rng(seed)
@@ -192,18 +210,34 @@ def shell_scene(inner=50, shell=600, seed=0):
 
 def test_renders_see_nothing_inside_a_closed_shell():
     """visibility: the Gaussians inside an opaque shell weigh ~nothing in renders, so they
-    get the lowest tier, where alpha x size alone would rank them with the shell."""
-    from nzip.scenes.codec import _tiers
+    get a tier below the one alpha x size gives them (at most one: _seen_factor's clip)."""
+    from nzip.scenes.codec import _rotation_tiers, _tiers
     from nzip.scenes.visibility import visibility
 
     scene = shell_scene()
     seen = visibility(scene, views=8, size=(96, 72))
     shell, inner = seen[:600], seen[600:]
     assert np.median(shell) > 0 and inner.max() < 0.05 * np.median(shell), (np.median(shell), inner.max())  # 0.017 measured
-    by_size = _tiers(scene.opacity, scene.scales, 7)
-    by_renders = _tiers(scene.opacity, scene.scales, 7, seen)
-    assert by_size[600:].min() >= 2 and (by_renders[600:] == 0).mean() > 0.9, (by_size[600:], by_renders[600:])
-    assert abs(int(np.median(by_renders[:600])) - 3) <= 1
+    by_size = _tiers(scene.opacity, scene.scales, 7).astype(int)
+    by_renders = _tiers(scene.opacity, scene.scales, 7, seen).astype(int)
+    assert by_size[600:].min() >= 1 and np.array_equal(by_renders[600:], by_size[600:] - 1), (by_size[600:], by_renders[600:])
+    assert np.abs(by_renders - by_size).max() <= 1
+    rotation_moved = _rotation_tiers(scene.opacity, scene.scales, 7, seen).astype(int) - _rotation_tiers(scene.opacity, scene.scales, 7)
+    assert np.abs(rotation_moved).max() <= 1
+
+
+def test_tiers_from_renders_buy_fidelity(donut, tmp_path):
+    """Tiers moved by renders of the original (the default up to AUTO_MAX Gaussians)
+    against alpha x size alone: about the same bytes, a closer render of the judge's views.
+    Measured at the bench's 24 views at 256 x 192: donut +0.4 dB, guitar +2.3, biker +2.2."""
+    cams = orbit(donut, 8, 160, 120)
+    targets = renders(donut, cams)
+    result = {}
+    for views in (0, 12):
+        report = encode_scene(donut, tmp_path / f"v{views}.nzs", level="medium", views=views)
+        result[views] = report["bytes"], fidelity(targets, decode_scene(tmp_path / f"v{views}.nzs"), cams)["psnr"]
+    # measured: 497488 B at 53.32 dB, 495056 B at 53.61 dB
+    assert result[12][0] < 1.01 * result[0][0] and result[12][1] > result[0][1] + 0.1, result
 
 
 def test_tiers_from_renders_are_stored_and_followed(donut, tmp_path):
@@ -211,7 +245,7 @@ def test_tiers_from_renders_are_stored_and_followed(donut, tmp_path):
     are stored, and the decoder follows them: a file of the same format and size class."""
     from nzip.formats import container
 
-    plain = encode_scene(donut, tmp_path / "v0.nzs", level="medium")
+    plain = encode_scene(donut, tmp_path / "v0.nzs", level="medium", views=0)
     seen = encode_scene(donut, tmp_path / "v8.nzs", level="medium", views=8)
     with container.Container(tmp_path / "v0.nzs") as a, container.Container(tmp_path / "v8.nzs") as b:
         assert "importance_views" not in a.metadata() and b.metadata()["importance_views"] == 8
