@@ -67,7 +67,7 @@ def write_storage_and_scene_files() -> None:
 
 
 def write_scene_files() -> None:
-    """Scene format 5 (level arrays stored as rows or as columns, tiers from renders): a
+    """Scene format 5 (level arrays stored as rows or as columns): a
     lossy .nzs and the values it decoded to. The v2, v3 and v4 files (formats 2-4) are
     frozen, kept to prove that those formats still decode, as the v1 ones are for format 1."""
     from nzip.scenes.codec import decode_scene, encode_scene
