@@ -72,6 +72,7 @@ import numpy as np
 import torch
 
 from ..codecs import get as get_codec
+from ..codecs.ans import _entropy_bytes
 from ..dtypes import dtype_from_name
 from ..errors import BadParameterError, FormatError
 from ..formats import container
@@ -158,9 +159,13 @@ def _tiers(opacity: np.ndarray, scales: np.ndarray, count: int, seen: np.ndarray
     minimise the error at a given rate are inversely proportional to alpha * size: a tier
     up halves them; with seen, times _seen_factor. Chosen by the encoder and stored, so
     that the decoder follows it exactly."""
-    alpha = _alpha(opacity)
-    size = np.exp(np.sort(scales.astype(np.float64), axis=1)[:, 1:].mean(axis=1))  # the two largest axes
+    alpha, size = _alpha(opacity), _size(scales)
     return _tier_of(alpha * size * _seen_factor(alpha, size, seen), count)
+
+
+def _size(scales: np.ndarray) -> np.ndarray:
+    """A Gaussian's size: the geometric mean of its two largest axes (float64)."""
+    return np.exp(np.sort(scales.astype(np.float64), axis=1)[:, 1:].mean(axis=1))
 
 
 def _seen_factor(alpha: np.ndarray, size: np.ndarray, seen: np.ndarray | None) -> np.ndarray:
@@ -213,8 +218,7 @@ def _rotation_tiers(opacity: np.ndarray, scales: np.ndarray, count: int, seen: n
     rotation bytes), donut +0.0."""
     alpha = _alpha(opacity)
     axes = np.exp(np.sort(scales.astype(np.float64), axis=1))
-    size = np.exp(np.log(axes[:, 1:]).mean(axis=1))
-    return _tier_of(alpha * (axes[:, 2] - axes[:, 0]) * _seen_factor(alpha, size, seen), count)
+    return _tier_of(alpha * (axes[:, 2] - axes[:, 0]) * _seen_factor(alpha, _size(scales), seen), count)
 
 
 def _by_tier(name: str, levels: np.ndarray, tier: np.ndarray, count: int, layouts: dict) -> list[container.Item]:
@@ -256,7 +260,7 @@ def _columns(name: str, levels: np.ndarray) -> tuple[list[int], list[container.I
     predictors, items, sizes = [], [], []
     for j in range(levels.shape[1]):
         options = [levels[:, j]] + [levels[:, j] - levels[:, k] for k in range(j)]
-        costs = [_entropy_bits(o) for o in options]
+        costs = [_entropy_bytes(np.unique(o, return_counts=True)[1])[0] for o in options]
         best = int(np.argmin(costs))
         predictors.append(best)
         stored = options[0] if best == 0 else _zigzag(options[best])
@@ -264,11 +268,6 @@ def _columns(name: str, levels: np.ndarray) -> tuple[list[int], list[container.I
         items.append(item)
         sizes.append(size)
     return predictors, items, sizes
-
-
-def _entropy_bits(values: np.ndarray) -> float:
-    counts = np.unique(values, return_counts=True)[1].astype(np.float64)
-    return float(-(counts * np.log2(counts / counts.sum())).sum())
 
 
 def _tier_part(t: dict, name: str, width: int, layouts: dict) -> np.ndarray:
@@ -337,8 +336,9 @@ def encode_scene(scene: Scene, path: str | os.PathLike, level: str = "medium", o
         items += [_item(f"extra.{k}", v, auto=True) for k, v in scene.extra.items()]
         meta["extra"] = list(scene.extra)
     else:
-        seen = visibility(scene, views, device=device) if views else None
+        seen = None
         if views:
+            seen = visibility(scene, views, device=device)
             meta["importance_views"] = views
         items = _lossy_items(scene, LEVELS[level], meta, seed, seen)
         if refine and scene.sh_degree:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .refine import training_cameras
 from .render import SceneTensors, render
 from .scene import Scene
 
@@ -32,8 +33,6 @@ AUTO_MAX = 300_000
 def visibility(scene: Scene, views: int = VIEWS, size: tuple[int, int] = SIZE, device="cpu") -> np.ndarray:
     """Each Gaussian's summed weight (transmittance x alpha, in pixels) in `views` renders
     of `size` (width, height): float64, one per Gaussian, 0 for one never seen."""
-    from .refine import training_cameras
-
     seen = torch.zeros(len(scene), dtype=torch.float64, device=device)
     g = SceneTensors(scene, device)
     with torch.no_grad():
