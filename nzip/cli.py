@@ -88,7 +88,7 @@ def cmd_pack(args) -> None:
 
 
 SCENE_SUFFIXES = (".ply", ".spz")
-SCENE_LEVELS = ("low", "medium", "high", "lossless")
+SCENE_LEVELS = ("low", "compact", "medium", "high", "lossless")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 
 
@@ -444,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "project's layout, loadable by the dfloat11 package")
     sp.add_argument("--codec", default="auto",
                     help=f"auto (per tensor, default) or one of: {', '.join(available())}; or a JSON config")
-    sp.add_argument("--quality", help="Gaussian-splat scenes (.ply, .spz -> .nzs): low, medium (default), "
+    sp.add_argument("--quality", help="Gaussian-splat scenes (.ply, .spz -> .nzs): low, compact, medium (default), "
                                       "high or lossless; images (.png, .jpg -> .nzi): 1 (fewest bits) .. 6, default 3")
     sp.add_argument("--model", help="images: the learned model, mbt2018-mean (default) or bmshj2018-hyperprior; "
                                     "--codec pc: mnist (default, shipped) or a .nzpc file")

@@ -120,15 +120,16 @@ def test_levels_trade_size_for_fidelity(name, request, tmp_path):
     scene = request.getfixturevalue(name)
     cams = cams_for(scene)
     sizes, quality = {}, {}
-    for level in ("low", "medium", "high"):
+    for level in ("low", "compact", "medium", "high"):
         report = encode_scene(scene, tmp_path / f"{level}.nzs", level=level)
         back = decode_scene(tmp_path / f"{level}.nzs")
         back.check_finite()
         assert back.sh_degree == scene.sh_degree and report["kept"] == len(back) <= len(scene)
         sizes[level] = report["bytes"]
         quality[level] = fidelity(scene, back, cams)["psnr"]
-    assert sizes["low"] < sizes["medium"] < sizes["high"]
-    assert quality["low"] < quality["high"] and quality["high"] > 40 and quality["medium"] > 33
+    assert sizes["low"] < sizes["compact"] < sizes["medium"] < sizes["high"]
+    assert quality["low"] < quality["compact"] < quality["medium"] < quality["high"]
+    assert quality["high"] > 40 and quality["medium"] > 33
 
 
 def test_importance_tiers_buy_fidelity(sh3, tmp_path, monkeypatch):
@@ -222,6 +223,8 @@ def test_renders_see_nothing_inside_a_closed_shell():
     by_renders = _tiers(scene.opacity, scene.scales, 7, seen).astype(int)
     assert by_size[600:].min() >= 1 and np.array_equal(by_renders[600:], by_size[600:] - 1), (by_size[600:], by_renders[600:])
     assert np.abs(by_renders - by_size).max() <= 1
+    two_up = _tiers(scene.opacity, scene.scales, 7, seen, up=2).astype(int) - by_size  # compact's seen_up
+    assert two_up.min() >= -1 and two_up.max() <= 2 and np.array_equal(two_up[600:], by_renders[600:] - by_size[600:])
     rotation_moved = _rotation_tiers(scene.opacity, scene.scales, 7, seen).astype(int) - _rotation_tiers(scene.opacity, scene.scales, 7)
     assert np.abs(rotation_moved).max() <= 1
 

@@ -41,7 +41,7 @@ from readme_table import replace_table  # noqa: E402
 DATA = ROOT.parent / "shared" / "data" / "scenes"
 SCENES = ["v3dg_donut_fused.ply", "guitar_decoded_inria.ply", "biker_decoded_inria.ply",
           "gsplat_alti_sh3.ply", "try_iter7000_sh3.ply", "pod_sh3_v2.spz"]
-LEVELS = ["low", "medium", "high", "lossless"]
+LEVELS = ["low", "compact", "medium", "high", "lossless"]
 
 
 def each_scene(folder: str | Path, names: list[str] = SCENES):

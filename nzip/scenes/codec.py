@@ -3,7 +3,7 @@
     report = encode_scene(scene, "scene.nzs", level="medium")
     scene = decode_scene("scene.nzs")
 
-Lossy levels (low, medium, high), fitted post hoc, no training images:
+Lossy levels (low, compact, medium, high), fitted post hoc, no training images:
 - positions (format 4): cells of a grid over the bounding box (11/14/17 bits per axis);
   the Gaussians sorted by the Morton code of their cell 3 bits coarser (every other
   attribute follows that order), the sorted codes stored as deltas; then up to 3
@@ -94,6 +94,13 @@ LEVELS = {
              "dc_step": 1 / 48, "rest": [1024, 256], "prune": 0, "tiers": 7},
     "medium": {"position_bits": 14, "position_refine": 3, "opacity_bits": 8, "scale_step": 1 / 12, "rotation_bits": 6,
                "dc_step": 1 / 16, "rest": [256], "prune": 1, "tiers": 7},
+    # compact: medium's grids for positions and opacity, coarser scale and DC steps, a bit
+    # fewer for rotations, and renders may move a Gaussian two tiers up (seen_up; medium
+    # one: the second cost the donut 0.6 dB there). Guitar, 24 views at 256 x 192 on the
+    # CPU: 843,152 B at 63.81 dB, 0.60x spz at spz's 63.39 dB; with one tier up 842,640 B
+    # at 63.13 dB
+    "compact": {"position_bits": 14, "position_refine": 3, "opacity_bits": 8, "scale_step": 1 / 8, "rotation_bits": 5,
+                "dc_step": 1 / 10, "rest": [256], "prune": 1, "tiers": 7, "seen_up": 2},
     "low": {"position_bits": 11, "position_refine": 3, "opacity_bits": 7, "scale_step": 1 / 8, "rotation_bits": 6, "dc_step": 1 / 8,
             "rest": [64], "prune": 2, "tiers": 7, "drop_tiers": 1},
 }
@@ -158,15 +165,15 @@ def _prune_mask(scene: Scene, mode: int) -> np.ndarray:
     return keep
 
 
-def _tiers(opacity: np.ndarray, scales: np.ndarray, count: int, seen: np.ndarray | None = None) -> np.ndarray:
+def _tiers(opacity: np.ndarray, scales: np.ndarray, count: int, seen: np.ndarray | None = None, up: int = 1) -> np.ndarray:
     """Each Gaussian's tier, 0..count-1: log2 of its importance against the median, rounded
     and clipped. A Gaussian's share of a render's squared error from a colour or scale
     error d is about (alpha * size * d)^2 (alpha times its footprint), so the steps that
     minimise the error at a given rate are inversely proportional to alpha * size: a tier
-    up halves them; with seen, times _seen_factor. Chosen by the encoder and stored, so
+    up halves them; with seen, times _seen_factor (at most `up` tiers up). Chosen by the encoder and stored, so
     that the decoder follows it exactly."""
     alpha, size = _alpha(opacity), _size(scales)
-    return _tier_of(alpha * size * _seen_factor(alpha, size, seen), count)
+    return _tier_of(alpha * size * _seen_factor(alpha, size, seen, up), count)
 
 
 def _size(scales: np.ndarray) -> np.ndarray:
@@ -174,19 +181,22 @@ def _size(scales: np.ndarray) -> np.ndarray:
     return np.exp(np.sort(scales.astype(np.float64), axis=1)[:, 1:].mean(axis=1))
 
 
-def _seen_factor(alpha: np.ndarray, size: np.ndarray, seen: np.ndarray | None) -> np.ndarray:
+def _seen_factor(alpha: np.ndarray, size: np.ndarray, seen: np.ndarray | None, up: int = 1) -> np.ndarray:
     """What renders say of each Gaussian against alpha x size: sqrt(seen x alpha) / (alpha
     x size) (seen: visibility.visibility, about alpha x footprint x transmittance, so this
     is about the square root of the transmittance in front of it), over its median and
     clipped to [1/2, 2]: at most a tier either way. Unclipped, Gaussians the few views miss
     fall to the lowest tier, and the donut lost 14.5 dB; clipped, the donut gains 0.4 dB,
-    guitar 2.3 dB, biker 2.2 dB (medium, 12 views at 128 x 96, bytes within 1%)."""
+    guitar 2.3 dB, biker 2.2 dB (medium, 12 views at 128 x 96, bytes within 1%). A second
+    tier up (H200, medium, bytes within 0.3%) gave guitar 66.58 -> 67.16 dB and biker
+    60.22 -> 60.59 dB but the donut 54.47 -> 53.86 dB, no better than without renders: so
+    only `compact` (seen_up 2) takes it."""
     if seen is None:
         return np.ones(len(alpha))
     factor = np.sqrt(np.maximum(seen, 0) * alpha) / np.maximum(alpha * size, 1e-300)
     seen_any = factor > 0
     median = float(np.median(factor[seen_any])) if seen_any.any() else 1.0
-    return np.clip(factor / median, 0.5, 2.0)
+    return np.clip(factor / median, 0.5, 2.0 ** up)
 
 
 def _tier_of(importance: np.ndarray, count: int) -> np.ndarray:
@@ -216,7 +226,8 @@ def _floor_log2_alpha(levels: np.ndarray, opacity_bits: int) -> np.ndarray:
     return -sum((levels < omax * 2.0 ** -j).astype(np.int64) for j in range(1, opacity_bits + 1))
 
 
-def _rotation_tiers(opacity: np.ndarray, scales: np.ndarray, count: int, seen: np.ndarray | None = None) -> np.ndarray:
+def _rotation_tiers(opacity: np.ndarray, scales: np.ndarray, count: int, seen: np.ndarray | None = None,
+                    up: int = 1) -> np.ndarray:
     """Each Gaussian's rotation tier, 0..count-1, as _tiers but from alpha * (largest -
     smallest axis) (with seen, times _seen_factor): turning a Gaussian by d moves its
     outline by about its elongation times d, and a round one not at all. Measured at the
@@ -224,7 +235,7 @@ def _rotation_tiers(opacity: np.ndarray, scales: np.ndarray, count: int, seen: n
     rotation bytes), donut +0.0."""
     alpha = _alpha(opacity)
     axes = np.exp(np.sort(scales.astype(np.float64), axis=1))
-    return _tier_of(alpha * (axes[:, 2] - axes[:, 0]) * _seen_factor(alpha, _size(scales), seen), count)
+    return _tier_of(alpha * (axes[:, 2] - axes[:, 0]) * _seen_factor(alpha, _size(scales), seen, up), count)
 
 
 def _by_tier(name: str, levels: np.ndarray, tier: np.ndarray, count: int, layouts: dict) -> list[container.Item]:
@@ -321,7 +332,7 @@ def encode_scene(scene: Scene, path: str | os.PathLike, level: str = "medium", o
     default): visibility.VIEWS up to visibility.AUTO_MAX Gaussians, 0 above (12 renders of
     91K Gaussians take 16 s on 2 CPU cores, of 1M 309 s)."""
     if level not in (*LEVELS, "lossless"):
-        raise BadParameterError(f"scene level {level!r}: one of low, medium, high, lossless")
+        raise BadParameterError(f"scene level {level!r}: one of low, compact, medium, high, lossless")
     if not isinstance(refine, int) or refine < 0:
         raise BadParameterError(f"refine is a number of steps (>= 0), got {refine!r}")
     if views is None:
@@ -361,7 +372,7 @@ def encode_scene(scene: Scene, path: str | os.PathLike, level: str = "medium", o
 def _lossy_items(scene: Scene, cfg: dict, meta: dict, seed: int, seen: np.ndarray | None = None) -> list[container.Item]:
     keep = _prune_mask(scene, cfg["prune"]) if cfg["prune"] else np.ones(len(scene), bool)
     if cfg.get("drop_tiers"):  # the least important tiers are not stored at all (low)
-        keep &= _tiers(scene.opacity, scene.scales, cfg["tiers"], seen) >= cfg["drop_tiers"]
+        keep &= _tiers(scene.opacity, scene.scales, cfg["tiers"], seen, cfg.get("seen_up", 1)) >= cfg["drop_tiers"]
     if not keep.any():
         keep[np.argmax(scene.opacity)] = True
     pos = scene.positions[keep].astype(np.float64)
@@ -401,7 +412,7 @@ def _lossy_items(scene: Scene, cfg: dict, meta: dict, seed: int, seen: np.ndarra
     # for the kept Gaussians (low dropped its weakest tier above): the median they are
     # centred on moves with the pruning. Stored as the difference from what the opacity
     # alone predicts (the decoder has it): a quarter fewer bytes than the tiers themselves
-    tier = _tiers(take(scene.opacity), scales, cfg["tiers"], seen)
+    tier = _tiers(take(scene.opacity), scales, cfg["tiers"], seen, cfg.get("seen_up", 1))
     shift = tier.astype(np.int64) - cfg["tiers"] // 2
     from_alpha = _floor_log2_alpha(opacity, obits)
     offset = int(np.median(tier.astype(np.int64) - from_alpha))
@@ -421,7 +432,7 @@ def _lossy_items(scene: Scene, cfg: dict, meta: dict, seed: int, seen: np.ndarra
     # rotations: the smallest three components of the unit quaternion (the largest >= 0 is
     # implied), each a signed level of +-1/sqrt(2), and the index of the largest; the grid
     # gains a bit per rotation tier up
-    rtier = _rotation_tiers(take(scene.opacity), scales, cfg["tiers"], seen)
+    rtier = _rotation_tiers(take(scene.opacity), scales, cfg["tiers"], seen, cfg.get("seen_up", 1))
     # stored as the difference from the importance tier: nearly as small as one array per
     # tier, without six more entries in the header (~1.2 KB, 1% of a small scene's file)
     items.append(_item("rotation.tier", (rtier.astype(np.int64) - tier + cfg["tiers"] - 1).astype(np.uint8)))
