@@ -1,9 +1,10 @@
-"""The scene codec: a Gaussian-splat scene in a .nzs file, at four levels.
+"""The scene codec: a Gaussian-splat scene in a .nzs file, at five levels (four lossy, one lossless).
 
     report = encode_scene(scene, "scene.nzs", level="medium")
     scene = decode_scene("scene.nzs")
 
-Lossy levels (low, compact, medium, high), fitted post hoc, no training images:
+Lossy levels (low, compact, medium, high), fitted post hoc, no training images (the
+numbers below are low/medium/high's; compact takes medium's and the changes in LEVELS):
 - positions (format 4): cells of a grid over the bounding box (11/14/17 bits per axis);
   the Gaussians sorted by the Morton code of their cell 3 bits coarser (every other
   attribute follows that order), the sorted codes stored as deltas; then up to 3
