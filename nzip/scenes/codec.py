@@ -186,7 +186,7 @@ def _seen_factor(alpha: np.ndarray, size: np.ndarray, seen: np.ndarray | None, u
     """What renders say of each Gaussian against alpha x size: sqrt(seen x alpha) / (alpha
     x size) (seen: visibility.visibility, about alpha x footprint x transmittance, so this
     is about the square root of the transmittance in front of it), over its median and
-    clipped to [1/2, 2]: at most a tier either way. Unclipped, Gaussians the few views miss
+    clipped to [1/2, 2^up]: at most a tier down, `up` up. Unclipped, Gaussians the few views miss
     fall to the lowest tier, and the donut lost 14.5 dB; clipped, the donut gains 0.4 dB,
     guitar 2.3 dB, biker 2.2 dB (medium, 12 views at 128 x 96, bytes within 1%). A second
     tier up (H200, medium, bytes within 0.3%) gave guitar 66.58 -> 67.16 dB and biker
@@ -372,8 +372,9 @@ def encode_scene(scene: Scene, path: str | os.PathLike, level: str = "medium", o
 
 def _lossy_items(scene: Scene, cfg: dict, meta: dict, seed: int, seen: np.ndarray | None = None) -> list[container.Item]:
     keep = _prune_mask(scene, cfg["prune"]) if cfg["prune"] else np.ones(len(scene), bool)
+    up = cfg.get("seen_up", 1)  # how many tiers renders may move a Gaussian up
     if cfg.get("drop_tiers"):  # the least important tiers are not stored at all (low)
-        keep &= _tiers(scene.opacity, scene.scales, cfg["tiers"], seen, cfg.get("seen_up", 1)) >= cfg["drop_tiers"]
+        keep &= _tiers(scene.opacity, scene.scales, cfg["tiers"], seen, up) >= cfg["drop_tiers"]
     if not keep.any():
         keep[np.argmax(scene.opacity)] = True
     pos = scene.positions[keep].astype(np.float64)
@@ -413,7 +414,7 @@ def _lossy_items(scene: Scene, cfg: dict, meta: dict, seed: int, seen: np.ndarra
     # for the kept Gaussians (low dropped its weakest tier above): the median they are
     # centred on moves with the pruning. Stored as the difference from what the opacity
     # alone predicts (the decoder has it): a quarter fewer bytes than the tiers themselves
-    tier = _tiers(take(scene.opacity), scales, cfg["tiers"], seen, cfg.get("seen_up", 1))
+    tier = _tiers(take(scene.opacity), scales, cfg["tiers"], seen, up)
     shift = tier.astype(np.int64) - cfg["tiers"] // 2
     from_alpha = _floor_log2_alpha(opacity, obits)
     offset = int(np.median(tier.astype(np.int64) - from_alpha))
@@ -433,14 +434,13 @@ def _lossy_items(scene: Scene, cfg: dict, meta: dict, seed: int, seen: np.ndarra
     # rotations: the smallest three components of the unit quaternion (the largest >= 0 is
     # implied), each a signed level of +-1/sqrt(2), and the index of the largest; the grid
     # gains a bit per rotation tier up
-    rtier = _rotation_tiers(take(scene.opacity), scales, cfg["tiers"], seen, cfg.get("seen_up", 1))
+    rtier = _rotation_tiers(take(scene.opacity), scales, cfg["tiers"], seen, up)
     # stored as the difference from the importance tier: nearly as small as one array per
     # tier, without six more entries in the header (~1.2 KB, 1% of a small scene's file)
     items.append(_item("rotation.tier", (rtier.astype(np.int64) - tier + cfg["tiers"] - 1).astype(np.uint8)))
     shift = rtier.astype(np.int64) - cfg["tiers"] // 2
-    rot = rotations
-    largest = np.abs(rot).argmax(axis=1)
-    rot = np.where(rot[np.arange(n), largest][:, None] < 0, -rot, rot)
+    largest = np.abs(rotations).argmax(axis=1)  # w after canonical, up to float32 near-ties
+    rot = np.where(rotations[np.arange(n), largest][:, None] < 0, -rotations, rotations)
     others = OTHERS[largest]
     m = ((1 << (cfg["rotation_bits"] - 1 + shift)) - 1)[:, None]
     small = np.rint(np.take_along_axis(rot, others, axis=1) * math.sqrt(2) * m) + m

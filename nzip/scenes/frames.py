@@ -17,6 +17,9 @@ guitar 2.6%, biker 1.3%: it turns Gaussians the optimiser left near the identity
 from __future__ import annotations
 
 import numpy as np
+import torch
+
+from .render import _rotation_matrices
 
 
 def _cube_rotations() -> np.ndarray:
@@ -43,16 +46,9 @@ def _multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
                      w1 * y2 - x1 * z2 + y1 * w2 + z1 * x2, w1 * z2 + x1 * y2 - y1 * x2 + z1 * w2], axis=-1)
 
 
-def _matrix(q: np.ndarray) -> np.ndarray:
-    w, x, y, z = q
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-                     [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-                     [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
-
-
 CUBE = _cube_rotations()
 # R(q g) = R(q) P with P = R(g) a signed permutation: new axis j is old axis AXES[k, j]
-AXES = np.array([np.abs(np.rint(_matrix(g))).argmax(axis=0) for g in CUBE])
+AXES = np.abs(np.rint(_rotation_matrices(torch.as_tensor(CUBE)).numpy())).argmax(axis=1)
 
 
 def canonical(rotations: np.ndarray, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -65,5 +61,6 @@ def canonical(rotations: np.ndarray, scales: np.ndarray) -> tuple[np.ndarray, np
     best = _multiply(q, CUBE[k])
     best *= np.where(best[:, :1] < 0, -1.0, 1.0)
     return best, np.take_along_axis(scales.astype(np.float64), AXES[k], axis=1)
+
 
 __all__ = ["CUBE", "canonical"]
