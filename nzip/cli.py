@@ -453,8 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "for STEPS gradient steps (default 0: off; ~0.5-5 s a step on a CPU, ms on a GPU)")
     sp.add_argument("--views", type=int, metavar="N",
                     help="scenes: N renders of the original (128x96) that move each Gaussian's tier by up to one "
-                         "(compact: two up; finer steps for what is seen, coarser for what is hidden); default 12 up to 300,000 "
-                         "Gaussians, 0 (off) above")
+                         "(compact: two up, and drops what they barely see; finer steps for what is seen, coarser for what is "
+                         "hidden); default 12 (compact 24) up to 300,000 Gaussians, 0 (off) above")
     sp.add_argument("--device", help="scenes: where --refine (and --views) render, cpu or cuda "
                                      "(default: cuda when present and --refine is on)")
     common(sp)

@@ -128,7 +128,11 @@ def test_levels_trade_size_for_fidelity(name, request, tmp_path):
         sizes[level] = report["bytes"]
         quality[level] = fidelity(scene, back, cams)["psnr"]
     assert sizes["low"] < sizes["compact"] < sizes["medium"] < sizes["high"]
-    assert quality["low"] < quality["compact"] < quality["medium"] < quality["high"]
+    # compact's fidelity depends on the scene: its 24 renders and second tier up beat
+    # medium on sh3 (48.48 dB against 48.04), while on the donut what those renders barely
+    # see, and compact drops, these views do see (low 41.04, compact 41.07, medium 49.86)
+    assert quality["low"] < quality["medium"] < quality["high"] and quality["compact"] < quality["high"], quality
+    assert quality["compact"] > quality["low"] - 0.5, quality
     assert quality["high"] > 40 and quality["medium"] > 33
 
 
@@ -227,6 +231,32 @@ def test_renders_see_nothing_inside_a_closed_shell():
     assert two_up.min() >= -1 and two_up.max() <= 2 and np.array_equal(two_up[600:], by_renders[600:] - by_size[600:])
     rotation_moved = _rotation_tiers(scene.opacity, scene.scales, 7, seen).astype(int) - _rotation_tiers(scene.opacity, scene.scales, 7)
     assert np.abs(rotation_moved).max() <= 1
+
+
+def test_compact_drops_what_no_render_sees(tmp_path, monkeypatch):
+    """compact leaves out the Gaussians that 24 renders of the original barely see: all of
+    those inside a closed shell (and the few shell ones covered by their neighbours), none
+    that shows; medium keeps them all. The renders stay as they were without the drop."""
+    from nzip.scenes import codec
+    from nzip.scenes.visibility import visibility
+
+    scene = shell_scene(shell=1500)
+    seen = visibility(scene, views=24)
+    limit = codec.LEVELS["compact"]["hidden"]
+    assert seen[1500:].max() < limit and (seen[:1500] >= limit).mean() > 0.9  # all inside hidden, 3-4% of the shell
+    cams = orbit(scene, 8, 96, 72, elevations=(25, -25))
+    targets = renders(scene, cams)
+    result = {}
+    for level, hidden in (("compact", True), ("compact", False), ("medium", False)):
+        if not hidden:
+            monkeypatch.setitem(codec.LEVELS, "compact", {**codec.LEVELS["compact"], "hidden": 0})
+        report = encode_scene(scene, tmp_path / "x.nzs", level=level, overwrite=True)
+        back = decode_scene(tmp_path / "x.nzs")
+        radius = np.linalg.norm(back.positions, axis=1)
+        result[level, hidden] = report["kept"], int((radius < 0.6).sum()), fidelity(targets, back, cams)["psnr"]
+    assert result["compact", True][:2] == (int((seen >= limit).sum()), 0), result
+    assert result["compact", False][:2] == result["medium", False][:2] == (len(scene), 50), result
+    assert result["compact", True][2] > result["compact", False][2] - 0.3, result
 
 
 def test_tiers_from_renders_buy_fidelity(donut, tmp_path):

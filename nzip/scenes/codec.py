@@ -27,6 +27,10 @@ numbers below are low/medium/high's; compact takes medium's and the changes in L
   (nzip.scenes.frames; the decoder needs nothing): at medium guitar's rotations take
   210.7 -> 180.9 KB, biker's 345.6 -> 315.5 KB, the renders as they were (+0.3 dB on guitar:
   a rotation near the identity turns less per level);
+- shapes: each Gaussian's rotation and scale levels are then chosen together, among the
+  64 corners of the grid cell around its numbers, for the ellipsoid nearest the original
+  (nzip.scenes.rounding; the decoder needs nothing): at medium, the same bytes (+0.1%),
+  guitar +0.3 dB, biker +0.3, the donut +0.3;
 - log scales and SH DC: grids of base step (scale 1/8, 1/12, 1/48; DC 1/8, 1/16, 1/48)
   divided by 2^(tier - 3); rotations: the smallest three components of the unit quaternion
   on signed grids of 6/6/10 bits plus (rotation tier - 3), and the index of the largest.
@@ -43,7 +47,11 @@ numbers below are low/medium/high's; compact takes medium's and the changes in L
 - pruning: Gaussians whose opacity is under 1/255 (never drawn: the renderer skips alpha
   under 1/255) in medium and low; in low also those under 2% opacity whose largest axis is
   under 0.1% of the scene's extent, and the whole lowest tier (alpha x size under 1/11 of
-  the median: on gsplat_alti 17% fewer bytes for 0.9 dB, on the donut 9% for 1.6 dB).
+  the median: on gsplat_alti 17% fewer bytes for 0.9 dB, on the donut 9% for 1.6 dB);
+  in compact the Gaussians that renders of the original from 24 views barely see
+  (summed weight under `hidden` pixels: inside objects, behind opaque surfaces), ~5% of
+  biker's, ~10% of guitar's (both 0.59x spz at better than its fidelity), but ~18% of the
+  donut's, which the bench's views do see (-8.4 dB).
 Optionally (refine=steps; `nzip pack --refine N`), the SH rest codebooks are then tuned by
 gradient descent against renders of the original from cameras other than fidelity's
 (nzip.scenes.refine): the same bytes, a closer render.
@@ -83,6 +91,7 @@ from ..dtypes import dtype_from_name
 from ..errors import BadParameterError, FormatError
 from ..formats import container
 from .frames import canonical
+from .rounding import round_shapes
 from .quantize import morton, residual_vq, rvq_decode, unmorton
 from .scene import Scene
 from .visibility import AUTO_MAX, VIEWS, visibility
@@ -95,13 +104,15 @@ LEVELS = {
              "dc_step": 1 / 48, "rest": [1024, 256], "prune": 0, "tiers": 7},
     "medium": {"position_bits": 14, "position_refine": 3, "opacity_bits": 8, "scale_step": 1 / 12, "rotation_bits": 6,
                "dc_step": 1 / 16, "rest": [256], "prune": 1, "tiers": 7},
-    # compact: medium's grids for positions and opacity, coarser scale and DC steps, a bit
-    # fewer for rotations, and renders may move a Gaussian two tiers up (seen_up; medium
-    # one: the second cost the donut 0.6 dB there). Guitar, 24 views at 256 x 192 on the
-    # CPU: 843,152 B at 63.81 dB, 0.60x spz at spz's 63.39 dB; with one tier up 842,640 B
-    # at 63.13 dB
-    "compact": {"position_bits": 14, "position_refine": 3, "opacity_bits": 8, "scale_step": 1 / 8, "rotation_bits": 5,
-                "dc_step": 1 / 10, "rest": [256], "prune": 1, "tiers": 7, "seen_up": 2},
+    # compact: medium's grids but a coarser DC step, without the Gaussians that 24 renders
+    # of the original barely see (hidden: their summed weight, in pixels of 128 x 96, under
+    # this), and renders may move a Gaussian two tiers up (seen_up; medium one: the second
+    # cost the donut 0.6 dB there). The bench's 24 views at 256 x 192 on the CPU: biker
+    # 1,335,376 B at 60.29 dB (0.594x spz, at its 60.14), guitar 834,896 B at 66.65 (0.593x,
+    # 63.39); with hidden 1e-4 1,344,848 / 845,008 B. On the donut the drop costs 8.4 dB
+    # (54.0 -> 45.6): what its 24 renders barely see, the bench's views do
+    "compact": {"position_bits": 14, "position_refine": 3, "opacity_bits": 8, "scale_step": 1 / 12, "rotation_bits": 6,
+                "dc_step": 1 / 11, "rest": [256], "prune": 1, "tiers": 7, "seen_up": 2, "hidden": 2e-4, "views": 24},
     "low": {"position_bits": 11, "position_refine": 3, "opacity_bits": 7, "scale_step": 1 / 8, "rotation_bits": 6, "dc_step": 1 / 8,
             "rest": [64], "prune": 2, "tiers": 7, "drop_tiers": 1},
 }
@@ -329,15 +340,16 @@ def encode_scene(scene: Scene, path: str | os.PathLike, level: str = "medium", o
     """Write `scene` as a .nzs file; returns {"level", "count", "kept", "bytes", "seconds", "parts"}.
 
     views: renders of the original (nzip.scenes.visibility, on `device`) that the lossy
-    levels' tiers take into account (_seen_factor), 0 for alpha x size alone; None (the
-    default): visibility.VIEWS up to visibility.AUTO_MAX Gaussians, 0 above (12 renders of
-    91K Gaussians take 16 s on 2 CPU cores, of 1M 309 s)."""
+    levels' tiers take into account (_seen_factor; compact also drops what they barely see),
+    0 for alpha x size alone; None (the default): the level's own (compact 24, the others
+    visibility.VIEWS) up to visibility.AUTO_MAX Gaussians, 0 above (12 renders of 91K
+    Gaussians take 16 s on 2 CPU cores, of 1M 309 s)."""
     if level not in (*LEVELS, "lossless"):
         raise BadParameterError(f"scene level {level!r}: one of low, compact, medium, high, lossless")
     if not isinstance(refine, int) or refine < 0:
         raise BadParameterError(f"refine is a number of steps (>= 0), got {refine!r}")
     if views is None:
-        views = VIEWS if len(scene) <= AUTO_MAX else 0
+        views = LEVELS.get(level, {}).get("views", VIEWS) if len(scene) <= AUTO_MAX else 0
     if not isinstance(views, int) or views < 0:
         raise BadParameterError(f"views is a number of renders (>= 0), got {views!r}")
     if len(scene) == 0:
@@ -377,6 +389,17 @@ def _lossy_items(scene: Scene, cfg: dict, meta: dict, seed: int, seen: np.ndarra
         keep &= _tiers(scene.opacity, scene.scales, cfg["tiers"], seen, up) >= cfg["drop_tiers"]
     if not keep.any():
         keep[np.argmax(scene.opacity)] = True
+    # importance tiers: steps halve (rotation bits grow by one) per tier up; computed again
+    # for the kept Gaussians (low dropped its weakest tier above): the median they are
+    # centred on moves with that pruning, but not with the hidden Gaussians' below
+    tier, rtier = np.zeros(len(scene), np.uint8), np.zeros(len(scene), np.uint8)
+    kept_seen = None if seen is None else seen[keep]
+    tier[keep] = _tiers(scene.opacity[keep], scene.scales[keep], cfg["tiers"], kept_seen, up)
+    rtier[keep] = _rotation_tiers(scene.opacity[keep], scene.scales[keep], cfg["tiers"], kept_seen, up)
+    if cfg.get("hidden") and seen is not None:  # what the renders barely see (compact)
+        hidden = keep & (seen < cfg["hidden"])
+        if hidden.sum() < keep.sum():
+            keep &= ~hidden
     pos = scene.positions[keep].astype(np.float64)
     n = len(pos)
     # positions: cells of a 2^bits grid over the box; the Morton codes of the coarse cells
@@ -398,7 +421,6 @@ def _lossy_items(scene: Scene, cfg: dict, meta: dict, seed: int, seen: np.ndarra
     def take(a):
         return np.ascontiguousarray(a[keep][order])
 
-    seen = None if seen is None else take(seen)
     # each Gaussian's frame the one of the 24 that draw it alike nearest the identity
     # (nzip.scenes.frames): the same ellipsoids, 3.8% fewer bytes on guitar
     rotations, scales = canonical(take(scene.rotations), take(scene.scales))
@@ -410,11 +432,9 @@ def _lossy_items(scene: Scene, cfg: dict, meta: dict, seed: int, seen: np.ndarra
         plane = (fine[earned >= j] >> np.uint64(refine - j)) & np.uint64(1)
         items.append(_item(f"positions.refine{j}", (plane[:, 0] | plane[:, 1] << 1 | plane[:, 2] << 2).astype(np.uint8)))
 
-    # importance tiers: steps halve (rotation bits grow by one) per tier up; computed again
-    # for the kept Gaussians (low dropped its weakest tier above): the median they are
-    # centred on moves with the pruning. Stored as the difference from what the opacity
-    # alone predicts (the decoder has it): a quarter fewer bytes than the tiers themselves
-    tier = _tiers(take(scene.opacity), scales, cfg["tiers"], seen, up)
+    # the tiers stored as the difference from what the opacity alone predicts (the decoder
+    # has it): a quarter fewer bytes than the tiers themselves
+    tier = take(tier)
     shift = tier.astype(np.int64) - cfg["tiers"] // 2
     from_alpha = _floor_log2_alpha(opacity, obits)
     offset = int(np.median(tier.astype(np.int64) - from_alpha))
@@ -422,28 +442,32 @@ def _lossy_items(scene: Scene, cfg: dict, meta: dict, seed: int, seen: np.ndarra
     predicted = np.clip(from_alpha + offset, 0, cfg["tiers"] - 1)
     items.append(_item("tier", (tier.astype(np.int64) - predicted + cfg["tiers"] - 1).astype(np.uint8)))
 
+    # rotations: the smallest three components of the unit quaternion (the largest >= 0 is
+    # implied), each a signed level of +-1/sqrt(2), and the index of the largest; the grid
+    # gains a bit per rotation tier up
+    rtier = take(rtier)
+    rshift = rtier.astype(np.int64) - cfg["tiers"] // 2
+    largest = np.abs(rotations).argmax(axis=1)  # w after canonical, up to float32 near-ties
+    rot = np.where(rotations[np.arange(n), largest][:, None] < 0, -rotations, rotations)
+    others = OTHERS[largest]
+    m = ((1 << (cfg["rotation_bits"] - 1 + rshift)) - 1)[:, None]
+    small = np.rint(np.take_along_axis(rot, others, axis=1) * math.sqrt(2) * m) + m
+
     # log scales and SH DC: a grid from each column's minimum (step / 2^shift), entropy coded
     # tier by tier (the tiers' levels have different spreads)
     layouts: dict[str, list[int]] = {}
     for g, values, step in (("scale", scales, cfg["scale_step"]), ("dc", take(scene.sh_dc), cfg["dc_step"])):
         values = values.astype(np.float64)
         base = np.floor(values.min(axis=0) / step) * step
-        levels = np.rint((values - base) / (step * np.exp2(-shift))[:, None])
+        steps = (step * np.exp2(-shift))[:, None]
+        levels = np.rint((values - base) / steps)
+        if g == "scale":  # with the rotations, as the ellipsoids they draw (nzip.scenes.rounding)
+            small, levels = round_shapes(rot, others, largest, m.astype(np.float64), values, base, steps)
         meta.update({f"{g}_step": step, f"{g}_base": base.tolist()})
         items += _by_tier(g, levels, tier, cfg["tiers"], layouts)
-    # rotations: the smallest three components of the unit quaternion (the largest >= 0 is
-    # implied), each a signed level of +-1/sqrt(2), and the index of the largest; the grid
-    # gains a bit per rotation tier up
-    rtier = _rotation_tiers(take(scene.opacity), scales, cfg["tiers"], seen, up)
     # stored as the difference from the importance tier: nearly as small as one array per
     # tier, without six more entries in the header (~1.2 KB, 1% of a small scene's file)
     items.append(_item("rotation.tier", (rtier.astype(np.int64) - tier + cfg["tiers"] - 1).astype(np.uint8)))
-    shift = rtier.astype(np.int64) - cfg["tiers"] // 2
-    largest = np.abs(rotations).argmax(axis=1)  # w after canonical, up to float32 near-ties
-    rot = np.where(rotations[np.arange(n), largest][:, None] < 0, -rotations, rotations)
-    others = OTHERS[largest]
-    m = ((1 << (cfg["rotation_bits"] - 1 + shift)) - 1)[:, None]
-    small = np.rint(np.take_along_axis(rot, others, axis=1) * math.sqrt(2) * m) + m
     meta["rotation_bits"] = cfg["rotation_bits"]
     items.append(_item("rotation.largest", largest.astype(np.uint8)))
     items += _by_tier("rotation.small", small, rtier, cfg["tiers"], layouts)
