@@ -91,8 +91,8 @@ from ..dtypes import dtype_from_name
 from ..errors import BadParameterError, FormatError
 from ..formats import container
 from .frames import canonical
-from .rounding import round_shapes
 from .quantize import morton, residual_vq, rvq_decode, unmorton
+from .rounding import round_shapes
 from .scene import Scene
 from .visibility import AUTO_MAX, VIEWS, visibility
 
@@ -444,14 +444,13 @@ def _lossy_items(scene: Scene, cfg: dict, meta: dict, seed: int, seen: np.ndarra
 
     # rotations: the smallest three components of the unit quaternion (the largest >= 0 is
     # implied), each a signed level of +-1/sqrt(2), and the index of the largest; the grid
-    # gains a bit per rotation tier up
+    # gains a bit per rotation tier up. Their levels are chosen with the scales' below
     rtier = take(rtier)
     rshift = rtier.astype(np.int64) - cfg["tiers"] // 2
     largest = np.abs(rotations).argmax(axis=1)  # w after canonical, up to float32 near-ties
     rot = np.where(rotations[np.arange(n), largest][:, None] < 0, -rotations, rotations)
     others = OTHERS[largest]
     m = ((1 << (cfg["rotation_bits"] - 1 + rshift)) - 1)[:, None]
-    small = np.rint(np.take_along_axis(rot, others, axis=1) * math.sqrt(2) * m) + m
 
     # log scales and SH DC: a grid from each column's minimum (step / 2^shift), entropy coded
     # tier by tier (the tiers' levels have different spreads)
@@ -460,9 +459,10 @@ def _lossy_items(scene: Scene, cfg: dict, meta: dict, seed: int, seen: np.ndarra
         values = values.astype(np.float64)
         base = np.floor(values.min(axis=0) / step) * step
         steps = (step * np.exp2(-shift))[:, None]
-        levels = np.rint((values - base) / steps)
-        if g == "scale":  # with the rotations, as the ellipsoids they draw (nzip.scenes.rounding)
+        if g == "scale":  # chosen with the rotations' levels, for the ellipsoids they draw
             small, levels = round_shapes(rot, others, largest, m.astype(np.float64), values, base, steps)
+        else:
+            levels = np.rint((values - base) / steps)
         meta.update({f"{g}_step": step, f"{g}_base": base.tolist()})
         items += _by_tier(g, levels, tier, cfg["tiers"], layouts)
     # stored as the difference from the importance tier: nearly as small as one array per

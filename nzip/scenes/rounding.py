@@ -16,9 +16,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
 from .render import _rotation_matrices
-import torch
 
 CORNERS = np.array([[(k >> 2) & 1, (k >> 1) & 1, k & 1] for k in range(8)], np.float64)  # (8, 3)
 # every axis is judged as if FLOOR x the largest axis were added to it in quadrature: a
@@ -90,8 +90,9 @@ def round_shapes(quats: np.ndarray, others: np.ndarray, largest: np.ndarray, m: 
         inv_a = _inverse_covariances(q, s_true)[:, None, None]
         dist = _kernel_distance(inv_a, s_true.sum(axis=1)[:, None, None], inv_b, s_cand.sum(axis=2)[:, None, :])
         best = dist.reshape(c, 64).argmin(axis=1)
-        small_out[sl] = rot_levels[np.arange(c), best // 8]
-        scale_out[sl] = scale_levels[np.arange(c), best % 8]
+        rows = np.arange(c)
+        small_out[sl] = rot_levels[rows, best // 8]
+        scale_out[sl] = scale_levels[rows, best % 8]
     return small_out, scale_out
 
 
