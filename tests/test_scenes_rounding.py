@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from nzip.scenes.frames import canonical
+from nzip.scenes.frames import OTHERS, canonical, quaternions
 from nzip.scenes.rounding import FLOOR, _blurred, _inverse_covariances, _kernel_distance, round_shapes
 
 
@@ -24,12 +24,8 @@ def distance(q, s, q_ref, s_ref):
     return _kernel_distance(_inverse_covariances(q_ref, a), a.sum(axis=1), _inverse_covariances(q, b), b.sum(axis=1))
 
 
-def decode(small, levels, others, largest, m, base, step):
-    comp = (small - m) / (math.sqrt(2) * m)
-    q = np.zeros((len(small), 4))
-    np.put_along_axis(q, others, comp, axis=1)
-    q[np.arange(len(q)), largest] = np.sqrt(np.maximum(0, 1 - (comp * comp).sum(axis=1)))
-    return q, base + levels * step
+def decode(small, levels, largest, m, base, step):
+    return quaternions(small, m, largest), base + levels * step
 
 
 def test_kernel_distance_is_zero_for_the_same_gaussian_and_grows_with_the_difference():
@@ -45,12 +41,12 @@ def test_kernel_distance_is_zero_for_the_same_gaussian_and_grows_with_the_differ
 def test_round_shapes_draws_closer_ellipsoids_than_rounding_each_number():
     q, s = random_gaussians()
     largest = np.abs(q).argmax(axis=1)
-    others = np.array([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]])[largest]
+    others = OTHERS[largest]
     rng = np.random.default_rng(1)
     m = ((1 << rng.integers(4, 8, (len(q), 1))) - 1).astype(np.float64)  # grids of several tiers
     step = 2.0 ** -rng.integers(2, 6, (len(q), 1))
     base = np.floor(s.min(axis=0) / step.max()) * step.max()
-    small, levels = round_shapes(q, others, largest, m, s, base, step)
+    small, levels = round_shapes(q, largest, m, s, base, step)
     # what the decoder can take: whole levels on its grids
     assert np.array_equal(small, np.rint(small)) and np.array_equal(levels, np.rint(levels))
     assert small.min() >= 0 and (small <= 2 * m).all() and levels.min() >= 0
@@ -58,8 +54,8 @@ def test_round_shapes_draws_closer_ellipsoids_than_rounding_each_number():
     nearest_levels = np.rint((s - base) / step)
     # each choice lies in the grid cell around the number (a corner), so it costs about the same bits
     assert np.abs(small - nearest_small).max() <= 1 and np.abs(levels - nearest_levels).max() <= 1
-    chosen = distance(*decode(small, levels, others, largest, m, base, step), q, s)
-    nearest = distance(*decode(nearest_small, nearest_levels, others, largest, m, base, step), q, s)
+    chosen = distance(*decode(small, levels, largest, m, base, step), q, s)
+    nearest = distance(*decode(nearest_small, nearest_levels, largest, m, base, step), q, s)
     # the nearest numbers are among the 64 corners: never better, and on average worse
     assert (chosen <= nearest + 1e-12).all()
     assert chosen.mean() < 0.92 * nearest.mean(), (chosen.mean(), nearest.mean())  # 0.86 measured

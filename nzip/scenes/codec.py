@@ -78,7 +78,6 @@ tiers stored as they are) and 4 (level arrays as rows only) still decode.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 
@@ -90,7 +89,7 @@ from ..codecs.ans import _entropy_bytes
 from ..dtypes import dtype_from_name
 from ..errors import BadParameterError, FormatError
 from ..formats import container
-from .frames import canonical
+from .frames import canonical, quaternions
 from .quantize import morton, residual_vq, rvq_decode, unmorton
 from .rounding import round_shapes
 from .scene import Scene
@@ -117,7 +116,6 @@ LEVELS = {
             "rest": [64], "prune": 2, "tiers": 7, "drop_tiers": 1},
 }
 CANDIDATES = ("ans", "planes", "zstd", "raw")
-OTHERS = np.array([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]])  # the components beside the largest, in order
 # about what one more array costs in the container's header (its JSON entry)
 ENTRY_BYTES = 250
 # the opacity from which a Gaussian's position gets every refinement bit (each halving of
@@ -449,7 +447,6 @@ def _lossy_items(scene: Scene, cfg: dict, meta: dict, seed: int, seen: np.ndarra
     rshift = rtier.astype(np.int64) - cfg["tiers"] // 2
     largest = np.abs(rotations).argmax(axis=1)  # w after canonical, up to float32 near-ties
     rot = np.where(rotations[np.arange(n), largest][:, None] < 0, -rotations, rotations)
-    others = OTHERS[largest]
     m = ((1 << (cfg["rotation_bits"] - 1 + rshift)) - 1)[:, None]
 
     # log scales and SH DC: a grid from each column's minimum (step / 2^shift), entropy coded
@@ -460,7 +457,7 @@ def _lossy_items(scene: Scene, cfg: dict, meta: dict, seed: int, seen: np.ndarra
         base = np.floor(values.min(axis=0) / step) * step
         steps = (step * np.exp2(-shift))[:, None]
         if g == "scale":  # chosen with the rotations' levels, for the ellipsoids they draw
-            small, levels = round_shapes(rot, others, largest, m.astype(np.float64), values, base, steps)
+            small, levels = round_shapes(rot, largest, m.astype(np.float64), values, base, steps)
         else:
             levels = np.rint((values - base) / steps)
         meta.update({f"{g}_step": step, f"{g}_base": base.tolist()})
@@ -592,11 +589,7 @@ def _decode_lossy(t: dict, meta: dict) -> Scene:
     largest = t["rotation.largest"].astype(np.int64)
     if largest.max(initial=0) > 3:
         raise ValueError("rotation index")
-    small = (levels - m) / (math.sqrt(2) * m)
-    rot = np.zeros((n, 4))
-    others = OTHERS[largest]
-    np.put_along_axis(rot, others, small, axis=1)
-    rot[np.arange(n), largest] = np.sqrt(np.maximum(0, 1 - (small * small).sum(axis=1)))
+    rot = quaternions(levels, m, largest)
     return Scene(positions=positions, sh_dc=dc.astype(np.float32), sh_rest=rest,
                  opacity=np.log(alpha / (1 - alpha)).astype(np.float32), scales=scales.astype(np.float32),
                  rotations=rot.astype(np.float32), antialiased=bool(meta.get("antialiased")))

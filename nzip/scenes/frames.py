@@ -51,6 +51,21 @@ CUBE = _cube_rotations()
 AXES = np.abs(np.rint(_rotation_matrices(torch.as_tensor(CUBE)).numpy())).argmax(axis=1)
 
 
+# the smallest-three form the codec stores: the three components beside the largest, in order
+OTHERS = np.array([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]])
+
+
+def quaternions(levels: np.ndarray, m: np.ndarray, largest: np.ndarray) -> np.ndarray:
+    """Unit quaternions (n, 4) from smallest-three levels (n, 3): level l on a grid of half
+    size m (n, 1) means the component (l - m) / (sqrt 2 m); the largest, at index largest
+    (n,), is the non-negative rest of the unit norm."""
+    small = (levels - m) / (np.sqrt(2) * m)
+    q = np.zeros((len(levels), 4))
+    np.put_along_axis(q, OTHERS[largest], small, axis=1)
+    q[np.arange(len(q)), largest] = np.sqrt(np.maximum(0, 1 - (small * small).sum(axis=1)))
+    return q
+
+
 def canonical(rotations: np.ndarray, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(unit quaternions with w >= |x| + |y| + |z|, scales permuted to match), float64: the
     same covariances, each frame the one of its 24 nearest the identity."""
@@ -63,4 +78,4 @@ def canonical(rotations: np.ndarray, scales: np.ndarray) -> tuple[np.ndarray, np
     return best, np.take_along_axis(scales.astype(np.float64), AXES[k], axis=1)
 
 
-__all__ = ["CUBE", "canonical"]
+__all__ = ["CUBE", "OTHERS", "canonical", "quaternions"]

@@ -18,6 +18,7 @@ import math
 import numpy as np
 import torch
 
+from .frames import OTHERS, quaternions
 from .render import _rotation_matrices
 
 CORNERS = np.array([[(k >> 2) & 1, (k >> 1) & 1, k & 1] for k in range(8)], np.float64)  # (8, 3)
@@ -53,19 +54,19 @@ def _inverse_covariances(quats: np.ndarray, log_scales: np.ndarray) -> np.ndarra
     return np.einsum("...ak,...k,...bk->...ab", r, np.exp(-2.0 * log_scales), r)
 
 
-def round_shapes(quats: np.ndarray, others: np.ndarray, largest: np.ndarray, m: np.ndarray,
+def round_shapes(quats: np.ndarray, largest: np.ndarray, m: np.ndarray,
                  log_scales: np.ndarray, scale_base: np.ndarray, scale_step: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(small quaternion levels, scale levels), both (n, 3) float64 of whole numbers.
 
-    quats: unit quaternions (n, 4) with quats[i, largest[i]] >= 0; others: (n, 3) the
-    indices of the three stored components; m: (n, 1) the rotation grid's half size (level
-    l means (l - m) / (sqrt 2 m)); scale levels l mean scale_base + l * scale_step (step
+    quats: unit quaternions (n, 4) with quats[i, largest[i]] >= 0, stored as the three
+    components beside the largest (frames.quaternions); m: (n, 1) the rotation grid's half
+    size (level l means (l - m) / (sqrt 2 m)); scale levels l mean scale_base + l * scale_step (step
     (n, 1)). The choices the decoder can make: levels within [0, 2m] and >= 0."""
     n = len(quats)
     small_out, scale_out = np.empty((n, 3)), np.empty((n, 3))
     for lo in range(0, n, CHUNK):
         sl = slice(lo, lo + CHUNK)
-        q, oth, big, mm = quats[sl], others[sl], largest[sl], m[sl]
+        q, big, mm = quats[sl], largest[sl], m[sl]
         c = len(q)
         # this chunk's Gaussians in units of their own size: the distance is scale-free,
         # and exp(-2 s) stays far from float64's limits
@@ -73,18 +74,14 @@ def round_shapes(quats: np.ndarray, others: np.ndarray, largest: np.ndarray, m: 
         s_true = log_scales[sl] - centre
         floor2 = (FLOOR * np.exp(s_true.max(axis=1, keepdims=True))) ** 2  # (c, 1)
         s_true = _blurred(s_true, floor2)
-        ideal = np.take_along_axis(q, oth, axis=1) * math.sqrt(2) * mm + mm
+        ideal = np.take_along_axis(q, OTHERS[big], axis=1) * math.sqrt(2) * mm + mm
         rot_levels = np.clip(np.floor(ideal)[:, None, :] + CORNERS, 0, 2 * mm[:, None, :])  # (c, 8, 3)
-        small = (rot_levels - mm[:, None, :]) / (math.sqrt(2) * mm[:, None, :])
-        cand = np.zeros((c, 8, 4))
-        np.put_along_axis(cand, np.broadcast_to(oth[:, None, :], (c, 8, 3)), small, axis=2)
-        w = np.sqrt(np.maximum(0.0, 1.0 - (small * small).sum(axis=2)))
-        np.put_along_axis(cand, np.broadcast_to(big[:, None, None], (c, 8, 1)), w[..., None], axis=2)
+        cand = quaternions(rot_levels.reshape(-1, 3), np.repeat(mm, 8, axis=0), np.repeat(big, 8))
         step = scale_step[sl]
         ideal_s = (log_scales[sl] - scale_base) / step
         scale_levels = np.maximum(np.floor(ideal_s)[:, None, :] + CORNERS, 0)  # (c, 8, 3)
         s_cand = _blurred(scale_base + scale_levels * step[:, None, :] - centre[:, None, :], floor2[:, None, :])
-        r = _rotation_matrices(torch.as_tensor(cand.reshape(-1, 4))).numpy().reshape(c, 8, 3, 3)
+        r = _rotation_matrices(torch.as_tensor(cand)).numpy().reshape(c, 8, 3, 3)
         outer = np.einsum("ciak,cibk->cikab", r, r)  # (c, 8 rotations, 3 axes, 3, 3)
         inv_b = np.einsum("cikab,cjk->cijab", outer, np.exp(-2.0 * s_cand))  # (c, 8, 8, 3, 3)
         inv_a = _inverse_covariances(q, s_true)[:, None, None]
