@@ -50,6 +50,13 @@ class Scene:
     def __len__(self) -> int:
         return self.positions.shape[0]
 
+    def subset(self, rows) -> "Scene":
+        """The Gaussians at `rows` (indices or a mask), every attribute alike."""
+        return Scene(positions=self.positions[rows], sh_dc=self.sh_dc[rows], sh_rest=self.sh_rest[rows],
+                     opacity=self.opacity[rows], scales=self.scales[rows], rotations=self.rotations[rows],
+                     normals=None if self.normals is None else self.normals[rows],
+                     extra={k: v[rows] for k, v in self.extra.items()}, antialiased=self.antialiased)
+
     @property
     def sh_degree(self) -> int:
         return sh_degree_of(self.sh_rest.shape[1])

@@ -178,20 +178,21 @@ def _u8(x: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
-def _pack_rotations(q_wxyz: np.ndarray, version: int) -> np.ndarray:
+def _pack_rotations(q_wxyz: np.ndarray, version: int, largest: np.ndarray | None = None) -> np.ndarray:
     q = q_wxyz[:, [1, 2, 3, 0]].astype(np.float64)  # x, y, z, w
     q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
     n = q.shape[0]
     if version == 2:
         q = np.where(q[:, 3:4] < 0, -q, q)
         return _u8(q[:, :3] * 127.5 + 127.5).reshape(-1)
-    largest = np.abs(q).argmax(axis=1)
+    if largest is None:
+        largest = np.abs(q).argmax(axis=1)
     q = np.where(q[np.arange(n), largest][:, None] < 0, -q, q)
     comp = largest.astype(np.uint32)
     for i in range(4):
         here = largest != i
         mag = np.minimum(np.rint(np.abs(q[:, i]) / np.sqrt(0.5) * 511), 511).astype(np.uint32)
-        word = ((q[:, i] < 0).astype(np.uint32) << 9) | mag
+        word = (np.signbit(q[:, i]).astype(np.uint32) << 9) | mag  # -0.0 too: it reads back as stored
         comp = np.where(here, (comp << 10) | word, comp)
     return comp.astype("<u4").view(np.uint8)
 
@@ -204,13 +205,11 @@ def _pack_sh(sh_rest: np.ndarray) -> np.ndarray:
     return q.astype(np.uint8).reshape(-1)
 
 
-def write_spz(scene: Scene, path: str | os.PathLike, version: int = 3, fractional_bits: int = 12,
-              overwrite: bool = True) -> None:
-    """Write `scene` as .spz (the reference encoder's quantisation; lossy by design)."""
-    if version not in (2, 3, 4):
-        raise VersionError(f".spz version {version}: nzip writes 2, 3 and 4")
-    scene.check_finite()
-    n, degree = len(scene), scene.sh_degree
+def quantize(scene: Scene, version: int = 3, fractional_bits: int = 12, largest: np.ndarray | None = None) -> list[np.ndarray]:
+    """.spz's arrays for `scene` (positions, alphas, colours, scales, rotations[, SH]), flat uint8.
+
+    largest: versions 3-4, the quaternion component (x, y, z, w: 0-3) each Gaussian leaves
+    out; by default its largest, as the reference encoder picks."""
     f = _flip({"positions": scene.positions, "rotations": scene.rotations, "sh_rest": scene.sh_rest})
     fixed = np.clip(np.rint(f["positions"].astype(np.float64) * (1 << fractional_bits)), -(1 << 23), (1 << 23) - 1)
     fixed = fixed.astype(np.int32).reshape(-1)
@@ -218,9 +217,26 @@ def write_spz(scene: Scene, path: str | os.PathLike, version: int = 3, fractiona
     alpha = _u8(255 / (1 + np.exp(-scene.opacity.astype(np.float64))))
     color = _u8(scene.sh_dc.astype(np.float64) * (COLOR_SCALE * 255) + 127.5).reshape(-1)
     scale = _u8((scene.scales.astype(np.float64) + 10) * 16).reshape(-1)
-    arrays = [pos, alpha, color, scale, _pack_rotations(f["rotations"], version)]
-    if degree:
+    arrays = [pos, alpha, color, scale, _pack_rotations(f["rotations"], version, largest)]
+    if scene.sh_degree:
         arrays.append(_pack_sh(f["sh_rest"]))
+    return arrays
+
+
+def dequantize(arrays: list[np.ndarray], n: int, degree: int, fractional_bits: int, version: int,
+               antialiased: bool = False) -> Scene:
+    """The scene that .spz's arrays decode to (what read_spz returns)."""
+    return _unpack(arrays, n, degree, fractional_bits, version, int(antialiased))
+
+
+def write_spz(scene: Scene, path: str | os.PathLike, version: int = 3, fractional_bits: int = 12,
+              overwrite: bool = True) -> None:
+    """Write `scene` as .spz (the reference encoder's quantisation; lossy by design)."""
+    if version not in (2, 3, 4):
+        raise VersionError(f".spz version {version}: nzip writes 2, 3 and 4")
+    scene.check_finite()
+    n, degree = len(scene), scene.sh_degree
+    arrays = quantize(scene, version, fractional_bits)
     flags = 1 if scene.antialiased else 0
     with atomic_write(path, overwrite) as out:
         if version < 4:

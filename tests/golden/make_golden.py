@@ -79,6 +79,24 @@ def write_scene_files() -> None:
                         ("positions", "sh_dc", "sh_rest", "opacity", "scales", "rotations")})
 
 
+def golden_spz_scene(version: int):
+    """golden_scene() put on .spz's grids (12 fractional bits; rotations in `version`'s layout)."""
+    from nzip.scenes.spz import dequantize, quantize
+
+    scene = golden_scene()
+    return dequantize(quantize(scene, version, 12), len(scene), scene.sh_degree, 12, version)
+
+
+def write_spz_scene_files() -> None:
+    """Scene format 6: lossless scenes on .spz's grids, stored as spz's integers, context
+    coded; one per rotation layout (v2 in the file's order, v3 sorted: any_order)."""
+    from nzip.scenes.codec import encode_scene
+
+    encode_scene(golden_spz_scene(2), HERE / "v6_scene_spz2_lossless.nzs", level="lossless", overwrite=True, threads=1)
+    encode_scene(golden_spz_scene(3), HERE / "v6_scene_spz3_sorted.nzs", level="lossless", overwrite=True, threads=1,
+                 any_order=True)
+
+
 def golden_image():
     """A 70 x 90 crop of Kodak's kodim23 (../shared/data/kodak)."""
     from PIL import Image
@@ -129,6 +147,7 @@ def main() -> None:
          metadata={"golden": "v1"}, threads=1)
     write_storage_and_scene_files()
     write_scene_files()
+    write_spz_scene_files()
     write_lossy_files()
     write_pc_file()
 

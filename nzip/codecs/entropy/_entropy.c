@@ -2018,6 +2018,146 @@ static PyObject *set_simd(PyObject *self, PyObject *args) {
     return PyBool_FromLong(use_simd());
 }
 
+
+/* ------------------------------------------------------------ adaptive context coder
+ * A range coder (LZMA's carry scheme) over symbols 0..K-1, each coded with the frequency
+ * table of its context, and every table learning as it goes: encoder and decoder update
+ * alike, so no table is stored. The caller computes the contexts from what the decoder
+ * will already know (other fields, earlier streams), which keeps this loop generic.
+ * Tables start flat (1 each), grow by ADAPT_INC per symbol and halve past ADAPT_LIMIT,
+ * which follows drifting statistics and keeps total <= 2^16 (range >= 2^24: >= 2^8 a unit).
+ */
+
+#define ADAPT_INC 24
+#define ADAPT_LIMIT (1u << 16)
+
+static int adapt_tables(uint16_t **freq, uint32_t **total, Py_ssize_t nctx, Py_ssize_t K) {
+    *freq = malloc((size_t)nctx * (size_t)K * sizeof(uint16_t));
+    *total = malloc((size_t)nctx * sizeof(uint32_t));
+    if (!*freq || !*total) { free(*freq); free(*total); return -1; }
+    for (Py_ssize_t i = 0; i < nctx * K; i++) (*freq)[i] = 1;
+    for (Py_ssize_t c = 0; c < nctx; c++) (*total)[c] = (uint32_t)K;
+    return 0;
+}
+
+static inline void adapt_update(uint16_t *f, uint32_t *total, Py_ssize_t K, Py_ssize_t s) {
+    f[s] += ADAPT_INC;
+    *total += ADAPT_INC;
+    if (*total > ADAPT_LIMIT - ADAPT_INC) {
+        uint32_t t = 0;
+        for (Py_ssize_t k = 0; k < K; k++) { f[k] = (uint16_t)((f[k] + 1) >> 1); t += f[k]; }
+        *total = t;
+    }
+}
+
+typedef struct { uint64_t low; uint32_t range; uint8_t cache; uint64_t pending; uint8_t *dst; Py_ssize_t at, cap; } rc_enc;
+
+static inline void rc_shift(rc_enc *e) {
+    if ((uint32_t)e->low < 0xFF000000u || (e->low >> 32)) {
+        uint8_t carry = (uint8_t)(e->low >> 32), b = e->cache;
+        do {
+            if (e->at < e->cap) e->dst[e->at] = (uint8_t)(b + carry);
+            e->at++;
+            b = 0xFF;
+        } while (--e->pending);
+        e->cache = (uint8_t)(e->low >> 24);
+    }
+    e->pending++;
+    e->low = (e->low & 0x00FFFFFFu) << 8;
+}
+
+/* adaptive_encode(sym u16[n], ctx u32[n], nctx, K, dst) -> bytes written (> len(dst): too small) */
+static PyObject *adaptive_encode(PyObject *self, PyObject *args) {
+    Py_buffer b[3];
+    Py_ssize_t nctx, K;
+    if (!PyArg_ParseTuple(args, "y*y*nnw*", &b[0], &b[1], &nctx, &K, &b[2])) return NULL;
+    if (get_buffers(b, 3) < 0) { release(b, 3); return NULL; }
+    Py_ssize_t n = b[0].len / 2;
+    if (b[1].len != n * 4 || K < 1 || K > 4096 || nctx < 1 || nctx * K > (1 << 26)) {
+        release(b, 3);
+        PyErr_SetString(PyExc_ValueError, "adaptive_encode: bad sizes");
+        return NULL;
+    }
+    const uint16_t *sym = b[0].buf;
+    const uint32_t *ctx = b[1].buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (sym[i] >= K || ctx[i] >= nctx) {
+            release(b, 3);
+            PyErr_SetString(PyExc_ValueError, "adaptive_encode: symbol or context out of range");
+            return NULL;
+        }
+    }
+    uint16_t *freq; uint32_t *total;
+    if (adapt_tables(&freq, &total, nctx, K) < 0) { release(b, 3); return PyErr_NoMemory(); }
+    rc_enc e = {0, 0xFFFFFFFFu, 0, 1, b[2].buf, 0, b[2].len};
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint16_t *f = freq + (size_t)ctx[i] * K;
+        uint32_t cum = 0;
+        for (Py_ssize_t k = 0; k < sym[i]; k++) cum += f[k];
+        uint32_t r = e.range / total[ctx[i]];
+        e.low += (uint64_t)r * cum;
+        e.range = r * f[sym[i]];
+        while (e.range < (1u << 24)) { e.range <<= 8; rc_shift(&e); }
+        adapt_update(f, &total[ctx[i]], K, sym[i]);
+    }
+    for (int i = 0; i < 5; i++) rc_shift(&e);
+    Py_END_ALLOW_THREADS
+    free(freq); free(total);
+    release(b, 3);
+    return PyLong_FromSsize_t(e.at);
+}
+
+/* adaptive_decode(src, ctx u32[n], nctx, K, out u16[n]) -> bytes consumed (> len(src): truncated) */
+static PyObject *adaptive_decode(PyObject *self, PyObject *args) {
+    Py_buffer b[3];
+    Py_ssize_t nctx, K;
+    if (!PyArg_ParseTuple(args, "y*y*nnw*", &b[0], &b[1], &nctx, &K, &b[2])) return NULL;
+    if (get_buffers(b, 3) < 0) { release(b, 3); return NULL; }
+    Py_ssize_t n = b[2].len / 2;
+    if (b[1].len != n * 4 || K < 1 || K > 4096 || nctx < 1 || nctx * K > (1 << 26)) {
+        release(b, 3);
+        PyErr_SetString(PyExc_ValueError, "adaptive_decode: bad sizes");
+        return NULL;
+    }
+    const uint8_t *src = b[0].buf;
+    const uint32_t *ctx = b[1].buf;
+    uint16_t *out = b[2].buf;
+    Py_ssize_t len = b[0].len, at = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (ctx[i] >= nctx) {
+            release(b, 3);
+            PyErr_SetString(PyExc_ValueError, "adaptive_decode: context out of range");
+            return NULL;
+        }
+    }
+    uint16_t *freq; uint32_t *total;
+    if (adapt_tables(&freq, &total, nctx, K) < 0) { release(b, 3); return PyErr_NoMemory(); }
+    Py_BEGIN_ALLOW_THREADS
+#define NEXT_BYTE() (at < len ? src[at++] : (at++, 0))
+    uint32_t range = 0xFFFFFFFFu, code = 0;
+    for (int i = 0; i < 5; i++) code = (code << 8) | NEXT_BYTE();
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint16_t *f = freq + (size_t)ctx[i] * K;
+        uint32_t r = range / total[ctx[i]];
+        uint32_t v = code / r;
+        if (v >= total[ctx[i]]) v = total[ctx[i]] - 1;  /* only corrupt input gets here */
+        uint32_t cum = 0;
+        Py_ssize_t s = 0;
+        while (s < K - 1 && cum + f[s] <= v) cum += f[s++];
+        code -= r * cum;
+        range = r * f[s];
+        while (range < (1u << 24)) { range <<= 8; code = (code << 8) | NEXT_BYTE(); }
+        out[i] = (uint16_t)s;
+        adapt_update(f, &total[ctx[i]], K, s);
+    }
+#undef NEXT_BYTE
+    Py_END_ALLOW_THREADS
+    free(freq); free(total);
+    release(b, 3);
+    return PyLong_FromSsize_t(at);
+}
+
 /* ------------------------------------------------------------------------- module */
 
 static PyMethodDef methods[] = {
@@ -2035,6 +2175,8 @@ static PyMethodDef methods[] = {
     {"dfloat11_decode", dfloat11_decode, METH_VARARGS, "dfloat11_decode(payload, block, limit, out, threads) -> 0/-1/-2"},
     {"dfloat11_project_decode", dfloat11_project_decode, METH_VARARGS,
      "dfloat11_project_decode(luts, codes, sign_mantissa, starts, gaps, threads_per_block, bytes_per_thread, out, threads) -> 0/-1"},
+    {"adaptive_encode", adaptive_encode, METH_VARARGS, "adaptive_encode(sym_u16, ctx_u32, nctx, K, dst) -> written"},
+    {"adaptive_decode", adaptive_decode, METH_VARARGS, "adaptive_decode(src, ctx_u32, nctx, K, out_u16) -> consumed"},
     {"dfloat11_decode_batch", dfloat11_decode_batch, METH_VARARGS, "dfloat11_decode_batch(jobs, threads) -> [rc]"},
     {NULL, NULL, 0, NULL},
 };

@@ -1,0 +1,301 @@
+"""Lossless coding of scenes that lie on .spz's grids (a scene read from .spz, or one that
+spz's quantisation would leave as it is): the integers spz stores, context coded.
+
+spz gzips (or zstds) its arrays: byte statistics, one byte at a time. The numbers have
+more structure than that, which adaptive context coding (nzip.codecs.entropy.adaptive)
+takes: positions as differences from the Gaussian before, green given red and blue given
+both, each scale given the ones before, a quaternion's z given how much of the unit
+length x and y took, each SH coefficient given the other channels of the same
+coefficient and the energy of the coefficients before it. On pod_sh3_v2.spz (101,407
+Gaussians, SH3), measured: see README's scenes section.
+
+    found = on_grid(scene)                      # (arrays, version, fractional bits) or None
+    blob = encode(arrays, n, degree, version, any_order)
+    arrays = decode(blob, n, degree, version)   # spz.dequantize(arrays, ...) is the scene
+
+The scene comes back bit for bit (encode_scene checks that the grid reproduces every float
+before it takes this path). With any_order the Gaussians are first sorted along a Morton
+curve and the positions stored as the gaps between their codes, which a render does not
+notice and which saves about a third of the position bytes; otherwise the file's order is
+kept.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from ..codecs.entropy import adaptive
+from ..errors import CorruptDataError
+from .quantize import morton, unmorton
+from .scene import SH_COEFFS, Scene
+from .spz import dequantize, quantize
+
+FIELDS = ("positions", "sh_dc", "sh_rest", "opacity", "scales", "rotations")
+MORTON_BITS = 21
+
+
+def on_grid(scene: Scene) -> tuple[list[np.ndarray], int, int] | None:
+    """spz's arrays, rotation layout (2: x, y, z bytes; 3: smallest three) and fractional
+    bits that decode to exactly `scene`'s floats; None when there are none."""
+    if scene.normals is not None or scene.extra or len(scene) == 0:
+        return None
+    frac = _fractional_bits(scene.positions)
+    if frac is None:
+        return None
+    n = len(scene)
+    for version in (3, 2):
+        arrays = quantize(scene, version, frac)
+        back = dequantize(arrays, n, scene.sh_degree, frac, version, scene.antialiased)
+        if not all(_same_bits(getattr(back, f), getattr(scene, f)) for f in FIELDS if f != "rotations"):
+            return None
+        wrong = _wrong_rows(back.rotations, scene.rotations)
+        if wrong.mean() > 0.01:  # not this layout
+            continue
+        for i in range(4 if version == 3 else 0):
+            # a stored component that rounded up past the one left out: the file left out
+            # another than the largest; try each for those rows
+            if not wrong.any():
+                break
+            rows = np.flatnonzero(wrong)
+            sub = scene.subset(rows)
+            alt = quantize(sub, 3, frac, largest=np.full(len(rows), i))
+            ok = ~_wrong_rows(dequantize(alt, len(rows), sub.sh_degree, frac, 3).rotations, sub.rotations)
+            arrays[4].reshape(n, 4)[rows[ok]] = alt[4].reshape(-1, 4)[ok]
+            wrong[rows[ok]] = False
+        if not wrong.any():
+            return arrays, version, frac
+    return None
+
+
+def _wrong_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (np.ascontiguousarray(a, np.float32).view(np.uint32) != np.ascontiguousarray(b, np.float32).view(np.uint32)).any(axis=1)
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and np.array_equal(np.ascontiguousarray(a, np.float32).view(np.uint32),
+                                                 np.ascontiguousarray(b, np.float32).view(np.uint32))
+
+
+def _fractional_bits(positions: np.ndarray) -> int | None:
+    """The fewest fractional bits (<= 23) that write every coordinate as a 24-bit integer."""
+    p = positions.astype(np.float64)
+    for frac in range(24):
+        v = p * (1 << frac)
+        if np.all(v == np.rint(v)):
+            return frac if np.abs(v).max(initial=0) < (1 << 23) else None
+    return None
+
+
+# -- the arrays as integers per Gaussian --------------------------------------------------
+
+def _fields(arrays: list[np.ndarray], n: int, degree: int, version: int) -> dict:
+    b = arrays[0].reshape(n, 3, 3).astype(np.int64)
+    pos = b[..., 0] | (b[..., 1] << 8) | (b[..., 2] << 16)
+    out = {"positions": np.where(pos & 0x800000, pos - (1 << 24), pos),
+           "alpha": arrays[1].astype(np.int64), "color": arrays[2].reshape(n, 3).astype(np.int64),
+           "scale": arrays[3].reshape(n, 3).astype(np.int64)}
+    if version == 2:
+        out["rotation"] = arrays[4].reshape(n, 3).astype(np.int64)
+    else:
+        word = arrays[4].view("<u4").astype(np.int64)
+        # largest index, then the three stored components, first packed first
+        out["rotation"] = np.stack([word >> 30, (word >> 20) & 1023, (word >> 10) & 1023, word & 1023], axis=1)
+    out["sh"] = arrays[5].reshape(n, SH_COEFFS[degree], 3).astype(np.int64) if degree else np.zeros((n, 0, 3), np.int64)
+    return out
+
+
+def _arrays(f: dict, degree: int, version: int) -> list[np.ndarray]:
+    pos = f["positions"] & 0xFFFFFF
+    arrays = [np.stack([pos & 255, (pos >> 8) & 255, pos >> 16], axis=2).astype(np.uint8).reshape(-1),
+              f["alpha"].astype(np.uint8), f["color"].astype(np.uint8).reshape(-1), f["scale"].astype(np.uint8).reshape(-1)]
+    r = f["rotation"]
+    if version == 2:
+        arrays.append(r.astype(np.uint8).reshape(-1))
+    else:
+        word = (r[:, 0] << 30) | (r[:, 1] << 20) | (r[:, 2] << 10) | r[:, 3]
+        arrays.append(word.astype("<u4").view(np.uint8))
+    if degree:
+        arrays.append(f["sh"].astype(np.uint8).reshape(-1))
+    return arrays
+
+
+def _rows(f: dict, order: np.ndarray) -> dict:
+    return {k: v[order] for k, v in f.items()}
+
+
+# -- streams ----------------------------------------------------------------------------------
+# Each stream is decoded before the next, so a stream's contexts may use any earlier one.
+
+class _Streams:
+    """Adaptive streams written (or read back) in one fixed order."""
+
+    def __init__(self, blobs: list[bytes] | None = None):
+        self.blobs = [] if blobs is None else blobs
+        self.at = 0
+
+    def code(self, values: np.ndarray | None, contexts: np.ndarray | None, n: int) -> np.ndarray:
+        """Write `values` (encoding) or read n of them (decoding), under `contexts`."""
+        if values is not None:
+            self.blobs.append(adaptive.encode(values, contexts))
+            return np.asarray(values, np.int64).reshape(-1)
+        if self.at >= len(self.blobs):
+            raise CorruptDataError("spz streams: fewer streams than the scene needs")
+        out = adaptive.decode(self.blobs[self.at], np.zeros(n, np.int64) if contexts is None else contexts)
+        self.at += 1
+        return out
+
+    def pack(self) -> bytes:
+        return struct.pack(f"<I{len(self.blobs)}I", len(self.blobs), *map(len, self.blobs)) + b"".join(self.blobs)
+
+    @classmethod
+    def unpack(cls, blob: bytes) -> "_Streams":
+        if len(blob) < 4:
+            raise CorruptDataError("spz streams: truncated")
+        (count,) = struct.unpack_from("<I", blob)
+        if count > 4096 or len(blob) < 4 + 4 * count:
+            raise CorruptDataError("spz streams: the table of streams is corrupt")
+        sizes = struct.unpack_from(f"<{count}I", blob, 4)
+        at, blobs = 4 + 4 * count, []
+        for size in sizes:
+            if at + size > len(blob):
+                raise CorruptDataError("spz streams: truncated")
+            blobs.append(blob[at : at + size])
+            at += size
+        return cls(blobs)
+
+
+def _bit_length(x: np.ndarray) -> np.ndarray:
+    out = np.zeros(x.shape, np.int64)
+    x = x.astype(np.uint64)
+    for shift in (32, 16, 8, 4, 2, 1):
+        big = x >= (np.uint64(1) << np.uint64(shift))
+        out += np.where(big, shift, 0)
+        x = np.where(big, x >> np.uint64(shift), x)
+    return out + (x > 0)
+
+
+def _unsigned(s: _Streams, x: np.ndarray | None, ctx: np.ndarray, n: int) -> np.ndarray:
+    """Non-negative integers (< 2^64) as a bit length under `ctx`, then the bits below the
+    leading one: the top 8 under the length, the rest a byte at a time."""
+    length = s.code(None if x is None else _bit_length(x), ctx, n)
+    below = np.maximum(length - 1, 0)
+    top = np.minimum(below, 8)
+    value = np.where(length > 0, np.uint64(1), np.uint64(0)).astype(np.uint64)
+    sel = top > 0
+    part = s.code(None if x is None else (x[sel].astype(np.uint64) >> (below[sel] - top[sel]).astype(np.uint64))
+                  .astype(np.int64) & ((1 << top[sel]) - 1), length[sel], int(sel.sum()))
+    value[sel] = (value[sel] << top[sel].astype(np.uint64)) | part.astype(np.uint64)
+    rest = below - top
+    for j in range(0, int(rest.max(initial=0)), 8):  # whole bytes, from the most significant
+        sel = rest > j
+        width = np.minimum(rest[sel] - j, 8)
+        shift = (rest[sel] - j - width).astype(np.uint64)
+        part = s.code(None if x is None else ((x[sel].astype(np.uint64) >> shift) & ((np.uint64(1) << width.astype(np.uint64)) - np.uint64(1))).astype(np.int64),
+                      width, int(sel.sum()))
+        value[sel] = (value[sel] << width.astype(np.uint64)) | part.astype(np.uint64)
+    return value
+
+
+def _zigzag(v: np.ndarray) -> np.ndarray:
+    return np.where(v < 0, -2 * v - 1, 2 * v).astype(np.uint64)
+
+
+def _unzigzag(u: np.ndarray) -> np.ndarray:
+    u = u.astype(np.int64)
+    return np.where(u & 1, -(u >> 1) - 1, u >> 1)
+
+
+def _bucket(v: np.ndarray, width: int, top: int) -> np.ndarray:
+    return np.minimum(v // width, top)
+
+
+def _code(s: _Streams, f: dict | None, n: int, degree: int, version: int, sorted_positions: bool) -> dict:
+    """Every field through `s`, in the order the decoder needs: encoding when f is given."""
+    enc = f is not None
+    out = {}
+    # positions
+    if sorted_positions:  # Morton codes of the offset grid, ascending: code the gaps
+        lo = s.code(f["positions"].min(axis=0) if enc else None, None, 3)
+        gaps = None
+        if enc:
+            code = morton((f["positions"] - lo).astype(np.uint64))
+            gaps = np.diff(code, prepend=np.uint64(0))
+        code = np.cumsum(_unsigned(s, gaps, np.zeros(n, np.int64), n), dtype=np.uint64)
+        out["positions"] = unmorton(code).astype(np.int64) + lo
+    else:  # differences from the Gaussian before, axis by axis (the axis before as context)
+        cols, prev_len = [], np.zeros(n, np.int64)
+        for a in range(3):
+            d = _zigzag(np.diff(f["positions"][:, a], prepend=0)) if enc else None
+            u = _unsigned(s, d, prev_len, n)
+            prev_len = np.minimum(_bit_length(u), 24)
+            cols.append(np.cumsum(_unzigzag(u)))
+        out["positions"] = np.stack(cols, axis=1)
+    out["alpha"] = s.code(f["alpha"] if enc else None, None, n)
+    # colour: red; green - red given red; blue - green given green - red
+    c = f["color"] if enc else None
+    r = s.code(c[:, 0] if enc else None, None, n)
+    g_r = s.code(c[:, 1] - c[:, 0] if enc else None, _bucket(r, 8, 31), n)
+    b_g = s.code(c[:, 2] - c[:, 1] if enc else None, _bucket(g_r + 256, 4, 127), n)
+    out["color"] = np.stack([r, r + g_r, r + g_r + b_g], axis=1)
+    sc = f["scale"] if enc else None
+    s0 = s.code(sc[:, 0] if enc else None, None, n)
+    s1 = s.code(sc[:, 1] if enc else None, s0, n)
+    s2 = s.code(sc[:, 2] if enc else None, (s0 // 4) * 64 + s1 // 4, n)
+    out["scale"] = np.stack([s0, s1, s2], axis=1)
+    rot = f["rotation"] if enc else None
+    if version == 2:  # bytes of x, y, z of the quaternion with w >= 0
+        x = s.code(rot[:, 0] if enc else None, None, n)
+        y = s.code(rot[:, 1] if enc else None, x // 4, n)
+        taken = ((x - 127.5) ** 2 + (y - 127.5) ** 2) / 127.5 ** 2
+        z = s.code(rot[:, 2] if enc else None, np.minimum(taken * 16, 16).astype(np.int64), n)
+        out["rotation"] = np.stack([x, y, z], axis=1)
+    else:  # index of the largest, then three (sign, 9-bit magnitude) words
+        big = s.code(rot[:, 0] if enc else None, None, n)
+        w1 = s.code(rot[:, 1] if enc else None, big, n)
+        w2 = s.code(rot[:, 2] if enc else None, big * 64 + (w1 & 511) // 8, n)
+        taken = ((w1 & 511) ** 2 + (w2 & 511) ** 2) / 511 ** 2
+        w3 = s.code(rot[:, 3] if enc else None, big * 64 + np.minimum(taken * 32, 32).astype(np.int64), n)
+        out["rotation"] = np.stack([big, w1, w2, w3], axis=1)
+    # SH: per coefficient, red given the energy so far; green given red; blue given both
+    k = SH_COEFFS[degree]
+    sh = np.zeros((n, k, 3), np.int64)
+    energy = np.zeros(n, np.int64)
+    for i in range(k):
+        e = np.minimum(energy // max(i, 1) // 2, 7) if i else np.zeros(n, np.int64)
+        v = f["sh"][:, i] if enc else None
+        red = s.code(v[:, 0] if enc else None, e, n)
+        green = s.code(v[:, 1] if enc else None, red * 8 + e, n)
+        blue = s.code(v[:, 2] if enc else None, (red * 256 + green) * 8 + e, n)
+        sh[:, i] = np.stack([red, green, blue], axis=1)
+        energy += np.abs(sh[:, i] - 128).sum(axis=1)
+    out["sh"] = sh
+    return out
+
+
+def encode(arrays: list[np.ndarray], n: int, degree: int, version: int, any_order: bool = False) -> tuple[bytes, dict]:
+    """(the coded arrays, meta for decode); with any_order the Gaussians are sorted first."""
+    f = _fields(arrays, n, degree, version)
+    span = f["positions"].max(axis=0) - f["positions"].min(axis=0)
+    sorted_positions = bool(any_order and span.max() < (1 << MORTON_BITS))
+    if any_order:
+        shift = 0 if sorted_positions else int(span.max()).bit_length() - MORTON_BITS
+        cells = ((f["positions"] - f["positions"].min(axis=0)) >> shift).astype(np.uint64)
+        f = _rows(f, np.argsort(morton(cells), kind="stable"))
+    s = _Streams()
+    _code(s, f, n, degree, version, sorted_positions)
+    return s.pack(), {"version": version, "sorted_positions": sorted_positions}
+
+
+def decode(blob: bytes, n: int, degree: int, meta: dict) -> list[np.ndarray]:
+    version = int(meta["version"])
+    f = _code(_Streams.unpack(blob), None, n, degree, version, bool(meta["sorted_positions"]))
+    bounds = {"positions": (-(1 << 23), (1 << 23) - 1), "alpha": (0, 255), "color": (0, 255), "scale": (0, 255),
+              "sh": (0, 255), "rotation": (0, 255 if version == 2 else 1023)}
+    for name, (low, high) in bounds.items():
+        if f[name].size and (f[name].min() < low or f[name].max() > high):
+            raise CorruptDataError(f"spz streams: {name} out of range")
+    if version != 2 and f["rotation"].size and f["rotation"][:, 0].max() > 3:
+        raise CorruptDataError("spz streams: rotation index out of range")
+    return _arrays(f, degree, version)

@@ -1,0 +1,97 @@
+"""Lossless scenes on .spz's grids: spz's integers, context coded (nzip.scenes.spz_lossless)."""
+
+import numpy as np
+import pytest
+
+from nzip.cli import main as cli
+from nzip.errors import CorruptDataError
+from nzip.scenes import read_scene
+from nzip.scenes import spz_lossless
+from nzip.scenes.codec import decode_scene, encode_scene
+from nzip.scenes.spz import dequantize, quantize, read_spz
+
+FIELDS = ("positions", "sh_dc", "sh_rest", "opacity", "scales", "rotations")
+
+
+def same(a, b):
+    return all(np.array_equal(getattr(a, f).view(np.uint32), getattr(b, f).view(np.uint32)) for f in FIELDS)
+
+
+def as_rows(s):  # every Gaussian's bits, in one canonical order
+    bits = np.concatenate([getattr(s, f).reshape(len(s), -1) for f in FIELDS], axis=1).view(np.uint32)
+    return bits[np.lexsort(bits.T[::-1])]
+
+
+@pytest.fixture(scope="module")
+def pod(scenes_dir):
+    return scenes_dir / "pod_sh3_v2.spz"
+
+
+def test_an_spz_scene_comes_back_bit_for_bit_in_fewer_bytes_than_its_spz(pod, tmp_path):
+    scene = read_scene(pod)
+    kept = encode_scene(scene, tmp_path / "a.nzs", level="lossless")
+    back = decode_scene(tmp_path / "a.nzs")
+    assert same(back, scene)
+    assert kept["bytes"] < 0.75 * pod.stat().st_size  # the float bits took 2.1x
+    # any order: the same Gaussians, sorted, fewer bytes still
+    loose = encode_scene(scene, tmp_path / "b.nzs", level="lossless", any_order=True)
+    back = decode_scene(tmp_path / "b.nzs")
+    assert np.array_equal(as_rows(back), as_rows(scene)) and not same(back, scene)
+    assert loose["bytes"] < 0.66 * pod.stat().st_size and loose["bytes"] < 0.92 * kept["bytes"]
+
+
+def test_a_version_4_file_with_v3_rotations_is_found_on_its_grid(scenes_dir):
+    """biker.spz (v4) stores -0.0 components and, where two components tie, leaves out one
+    that is not the largest: both must be reproduced for the grid to be exact."""
+    scene = read_scene(scenes_dir / "biker.spz")
+    arrays, version, frac = spz_lossless.on_grid(scene)
+    assert (version, frac) == (3, 12)
+    assert same(dequantize(arrays, len(scene), 0, frac, version), scene)
+    blob, layout = spz_lossless.encode(arrays, len(scene), 0, version)
+    assert all(np.array_equal(a, b) for a, b in zip(spz_lossless.decode(blob, len(scene), 0, layout), arrays))
+
+
+def test_scenes_off_the_grid_keep_their_float_bits(pod, tmp_path):
+    scene = read_scene(pod).subset(np.arange(3000))
+    assert spz_lossless.on_grid(scene) is not None
+    scene.scales[7, 1] = np.nextafter(scene.scales[7, 1], np.float32(1))  # one ulp off the grid
+    assert spz_lossless.on_grid(scene) is None
+    encode_scene(scene, tmp_path / "a.nzs", level="lossless")
+    assert same(decode_scene(tmp_path / "a.nzs"), scene)
+    from nzip.formats import container
+    with container.Container(tmp_path / "a.nzs") as box:
+        assert "spz" not in box.metadata()
+
+
+def test_unpack_to_spz_writes_the_same_arrays_back(pod, tmp_path):
+    """v2 in, v2 out: the rotations are not moved onto v3's grid on the way back."""
+    assert cli(["pack", str(pod), "-o", str(tmp_path / "a.nzs"), "--quality", "lossless", "-q"]) == 0
+    assert cli(["unpack", str(tmp_path / "a.nzs"), "-o", str(tmp_path / "a.spz"), "-q"]) == 0
+    assert same(read_spz(tmp_path / "a.spz"), read_spz(pod))
+    assert cli(["pack", str(pod), "-o", str(tmp_path / "b.nzs"), "--any-order", "-q"]) == 1  # lossless only
+    assert not (tmp_path / "b.nzs").exists()
+
+
+def test_damaged_streams_are_refused(pod):
+    scene = read_scene(pod).subset(np.arange(2000))
+    arrays, version, frac = spz_lossless.on_grid(scene)
+    blob, layout = spz_lossless.encode(arrays, len(scene), scene.sh_degree, version)
+    for bad in (blob[:3], blob[: len(blob) // 2], blob[:8] + bytes(len(blob) - 8)):
+        with pytest.raises(CorruptDataError):
+            spz_lossless.decode(bad, len(scene), scene.sh_degree, layout)
+
+
+def test_quantize_reproduces_what_it_decodes_to():
+    """spz's own arrays survive dequantize -> quantize (the grid test relies on it); -0.0
+    components of v3 rotations included."""
+    rng = np.random.default_rng(0)
+    from nzip.scenes import Scene
+    q = rng.normal(size=(500, 4)).astype(np.float32)
+    q[::7, 2] = 0
+    scene = Scene(positions=rng.normal(size=(500, 3)).astype(np.float32), sh_dc=rng.normal(size=(500, 3)).astype(np.float32),
+                  sh_rest=rng.normal(0, 0.2, (500, 8, 3)).astype(np.float32), opacity=rng.normal(size=500).astype(np.float32),
+                  scales=rng.normal(-4, 1, (500, 3)).astype(np.float32), rotations=q)
+    for version in (2, 3):
+        arrays = quantize(scene, version, 12)
+        again = quantize(dequantize(arrays, 500, 2, 12, version), version, 12)
+        assert all(np.array_equal(a, b) for a, b in zip(arrays, again)), version
