@@ -466,8 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "(compact: two up, and drops what they barely see; finer steps for what is seen, coarser for what is "
                          "hidden); default 12 (compact 24) up to 300,000 Gaussians, 0 (off) above")
     sp.add_argument("--any-order", action="store_true",
-                    help="scenes, lossless: the Gaussians may come back in another order (no render depends on it); "
-                         "a scene on .spz's grids is then sorted, about 10%% smaller")
+                    help="scenes, lossless: the same Gaussians may come back in another order (renders then differ "
+                         "where Gaussians tie in depth); a scene on .spz's grids is then sorted, about 10%% smaller")
     sp.add_argument("--device", help="scenes: where --refine (and --views) render, cpu or cuda "
                                      "(default: cuda when present and --refine is on)")
     common(sp)

@@ -6,7 +6,7 @@ Every scene under ../shared/data/scenes (the PlayCanvas-compressed .ply files th
 decoded INRIA copies; see that folder's README). For each: the .ply size (for pod_sh3_v2.spz,
 the size of the INRIA .ply it decodes to), the .spz peer (Niantic's quantisation, version 3,
 written by nzip.scenes.spz with the reference encoder's settings; for pod the file itself),
-and nzip's four levels: bytes, size vs .ply and vs .spz, fidelity (PSNR/SSIM between renders
+and nzip's levels (and, for a scene on .spz's grids, lossless with --any-order): bytes, size vs .ply and vs .spz, fidelity (PSNR/SSIM between renders
 of the original and of the decoded scene from an orbit of cameras, nzip.scenes.fidelity),
 pack and unpack time. Then the speed check: a synthetic SH3 scene of 1M Gaussians (the
 gsplat scene resampled with jitter) packed at medium and unpacked. Results:
@@ -35,6 +35,7 @@ from nzip.scenes import Scene, read_scene, write_scene  # noqa: E402
 from nzip.scenes.codec import decode_scene, encode_scene  # noqa: E402
 from nzip.scenes.fidelity import fidelity, renders, side_by_side, write_png  # noqa: E402
 from nzip.scenes.render import orbit  # noqa: E402
+from nzip.scenes import spz_lossless  # noqa: E402
 from nzip.scenes.spz import read_spz, write_spz  # noqa: E402
 from readme_table import replace_table  # noqa: E402
 
@@ -73,10 +74,12 @@ def bench_scene(name: str, views: int, size: tuple[int, int], work: Path) -> dic
         row["spz_seconds"] = time.perf_counter() - t0
     f = fidelity(targets, spz_scene, cams)
     row["spz"] = {"bytes": spz_path.stat().st_size, "psnr": f["psnr"], "ssim": f["ssim"]}
-    for level in LEVELS:
-        out = work / f"x.{level}.nzs"
+    # on .spz's grids, lossless stores spz's integers; it may also sort the Gaussians
+    methods = LEVELS + (["lossless any-order"] if spz_lossless.on_grid(scene) else [])
+    for level in methods:
+        out = work / f"x.{level.replace(' ', '_')}.nzs"
         t0 = time.perf_counter()
-        report = encode_scene(scene, out, level=level, overwrite=True)
+        report = encode_scene(scene, out, level=level.split()[0], overwrite=True, any_order=level.endswith("any-order"))
         pack_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         back = decode_scene(out)
@@ -143,6 +146,8 @@ def main() -> None:
     ap.add_argument("--no-speed", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "scenes.json"))
     ap.add_argument("--readme", action="store_true", help="also replace the table in README.md")
+    ap.add_argument("--merge", action="store_true",
+                    help="replace only the scenes run in --out's results (keeping the others and the speed check)")
     ap.add_argument("--readme-from", metavar="RESULTS_JSON", help="only rewrite README.md's table from a results file")
     args = ap.parse_args()
     if args.readme_from:
@@ -160,6 +165,14 @@ def main() -> None:
         encode_scene(donut, work / "d.nzs", level="medium", overwrite=True)
         write_png(side_by_side(donut, decode_scene(work / "d.nzs"), orbit(donut, 4, 256, 192)),
                   ROOT / "bench" / "results" / "scene_strip.png")
+    if args.merge and Path(args.out).exists():
+        old = json.loads(Path(args.out).read_text())
+        if (old["views"], old["size"]) != (results["views"], results["size"]):
+            raise SystemExit(f"--merge: {args.out} was rendered with other cameras")
+        new = {r["scene"]: r for r in results["scenes"]}
+        old["scenes"] = [new.pop(r["scene"], r) for r in old["scenes"]] + list(new.values())
+        old.update({k: v for k, v in results.items() if k == "speed"})
+        results = old
     text = table(results)
     print(text)
     Path(args.out).write_text(json.dumps(results, indent=1))

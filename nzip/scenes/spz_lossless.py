@@ -15,9 +15,10 @@ Gaussians, SH3), measured: see README's scenes section.
 
 The scene comes back bit for bit (encode_scene checks that the grid reproduces every float
 before it takes this path). With any_order the Gaussians are first sorted along a Morton
-curve and the positions stored as the gaps between their codes, which a render does not
-notice and which saves about a third of the position bytes; otherwise the file's order is
-kept.
+curve and the positions stored as the gaps between their codes, which saves about half of
+the position bytes: the same Gaussians, but renders differ where Gaussians tie in depth
+(their compositing order is the file's), as after any shuffle of the file: on pod, 79.3 dB
+and 368 of 196,608 pixels off by more than 1/255. Otherwise the file's order is kept.
 """
 
 from __future__ import annotations
@@ -180,6 +181,8 @@ def _unsigned(s: _Streams, x: np.ndarray | None, ctx: np.ndarray, n: int) -> np.
     """Non-negative integers (< 2^64) as a bit length under `ctx`, then the bits below the
     leading one: the top 8 under the length, the rest a byte at a time."""
     length = s.code(None if x is None else _bit_length(x), ctx, n)
+    if length.size and (length.min() < 0 or length.max() > 64):
+        raise CorruptDataError("spz streams: an integer longer than 64 bits")
     below = np.maximum(length - 1, 0)
     top = np.minimum(below, 8)
     value = np.where(length > 0, np.uint64(1), np.uint64(0)).astype(np.uint64)
@@ -192,8 +195,8 @@ def _unsigned(s: _Streams, x: np.ndarray | None, ctx: np.ndarray, n: int) -> np.
         sel = rest > j
         width = np.minimum(rest[sel] - j, 8)
         shift = (rest[sel] - j - width).astype(np.uint64)
-        part = s.code(None if x is None else ((x[sel].astype(np.uint64) >> shift) & ((np.uint64(1) << width.astype(np.uint64)) - np.uint64(1))).astype(np.int64),
-                      width, int(sel.sum()))
+        mask = (np.uint64(1) << width.astype(np.uint64)) - np.uint64(1)
+        part = s.code(None if x is None else ((x[sel].astype(np.uint64) >> shift) & mask).astype(np.int64), width, int(sel.sum()))
         value[sel] = (value[sel] << width.astype(np.uint64)) | part.astype(np.uint64)
     return value
 
