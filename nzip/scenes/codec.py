@@ -74,7 +74,7 @@ takes 0.72x its .spz where the float bits took 2.13x, and with any_order (the Ga
 sorted along a Morton curve; renders then differ where Gaussians tie in depth) 0.64x.
 
 The file is an nzip container (.nz format, magic, checksums and all) whose metadata holds
-{"nzip_scene": 5, "level", "count", "sh_degree", "tiers", "columns", ...}: `nzip info` and
+{"nzip_scene": 6, "level", "count", "sh_degree", "tiers", "columns", ...}: `nzip info` and
 `nzip verify` read it. Formats 1 (before tiers: one grid per attribute, arrays without a
 tier suffix), 2 (rotations on the importance tiers' grids), 3 (one position grid for all,
 tiers stored as they are) and 4 (level arrays as rows only) still decode.
@@ -93,9 +93,9 @@ from ..codecs.ans import _entropy_bytes
 from ..dtypes import dtype_from_name
 from ..errors import BadParameterError, FormatError
 from ..formats import container
+from . import spz_lossless
 from .frames import canonical, quaternions
 from .quantize import morton, residual_vq, rvq_decode, unmorton
-from . import spz_lossless
 from .rounding import round_shapes
 from .scene import Scene
 from .spz import dequantize
