@@ -26,6 +26,20 @@ def same_bits(a, b) -> bool:
     return da == db and sa == sb and np.array_equal(ra, rb)
 
 
+SCENE_FIELDS = ("positions", "sh_dc", "sh_rest", "opacity", "scales", "rotations")
+
+
+def same_scene_bits(a, b) -> bool:
+    """Two scenes with the same float bits in every attribute, Gaussian by Gaussian."""
+    return all(np.array_equal(getattr(a, f).view(np.uint32), getattr(b, f).view(np.uint32)) for f in SCENE_FIELDS)
+
+
+def scene_rows(scene) -> np.ndarray:
+    """Every Gaussian's bits as a row, rows in one canonical order: equal for the same set."""
+    bits = np.concatenate([getattr(scene, f).reshape(len(scene), -1) for f in SCENE_FIELDS], axis=1).view(np.uint32)
+    return bits[np.lexsort(bits.T[::-1])]
+
+
 def check_roundtrip(obj, codec: str, threads: int = 1, **params) -> bytes:
     """Encode, decode, assert bit-exact; returns the frame."""
     frame = codecs.encode(obj, codec, threads=threads, **params)

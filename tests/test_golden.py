@@ -91,18 +91,11 @@ def test_golden_spz_scenes():
     from golden.make_golden import golden_spz_scene
     from nzip.scenes.codec import decode_scene
 
-    fields = ("positions", "sh_dc", "sh_rest", "opacity", "scales", "rotations")
-    kept = decode_scene(HERE / "v6_scene_spz2_lossless.nzs")
-    scene = golden_spz_scene(2)
-    for field in fields:
-        assert np.array_equal(getattr(kept, field).view(np.uint32), getattr(scene, field).view(np.uint32)), field
+    from helpers import same_scene_bits, scene_rows
 
-    def rows(s):  # every Gaussian's bits, in one canonical order
-        bits = np.concatenate([getattr(s, f).reshape(len(s), -1) for f in fields], axis=1).view(np.uint32)
-        return bits[np.lexsort(bits.T[::-1])]
-
+    assert same_scene_bits(decode_scene(HERE / "v6_scene_spz2_lossless.nzs"), golden_spz_scene(2))
     sorted_back, scene = decode_scene(HERE / "v6_scene_spz3_sorted.nzs"), golden_spz_scene(3)
-    assert np.array_equal(rows(sorted_back), rows(scene))
+    assert np.array_equal(scene_rows(sorted_back), scene_rows(scene))
     assert not np.array_equal(sorted_back.positions, scene.positions)  # it did sort them
 
 

@@ -166,11 +166,12 @@ def test_rotation_tiers_follow_elongation_not_size():
 def test_level_columns_round_trip_and_take_differences_where_they_pay():
     """Format 5's column layout restores every level exactly, negative differences included;
     channels that move together are stored as differences, independent ones as themselves."""
-    from nzip.scenes.codec import _columns, _tier_part, _unzigzag, _zigzag
+    from nzip.scenes.codec import _columns, _tier_part
+    from nzip.scenes.quantize import unzigzag, zigzag
 
     rng = np.random.default_rng(3)
     d = np.arange(-300, 300)
-    assert np.array_equal(_unzigzag(_zigzag(d)), d) and _zigzag(d).min() == 0
+    assert np.array_equal(unzigzag(zigzag(d)), d) and zigzag(d).min() == 0
     grey = rng.integers(0, 400, 5000)
     levels = np.stack([grey, grey + rng.integers(-2, 3, 5000), rng.integers(0, 400, 5000)], axis=1)
     predictors, items, _ = _columns("dc.3", levels)

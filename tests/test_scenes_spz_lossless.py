@@ -10,16 +10,7 @@ from nzip.scenes import spz_lossless
 from nzip.scenes.codec import decode_scene, encode_scene
 from nzip.scenes.spz import dequantize, quantize, read_spz
 
-FIELDS = ("positions", "sh_dc", "sh_rest", "opacity", "scales", "rotations")
-
-
-def same(a, b):
-    return all(np.array_equal(getattr(a, f).view(np.uint32), getattr(b, f).view(np.uint32)) for f in FIELDS)
-
-
-def as_rows(s):  # every Gaussian's bits, in one canonical order
-    bits = np.concatenate([getattr(s, f).reshape(len(s), -1) for f in FIELDS], axis=1).view(np.uint32)
-    return bits[np.lexsort(bits.T[::-1])]
+from helpers import same_scene_bits as same, scene_rows as as_rows
 
 
 @pytest.fixture(scope="module")

@@ -95,7 +95,7 @@ from ..errors import BadParameterError, FormatError
 from ..formats import container
 from . import spz_lossless
 from .frames import canonical, quaternions
-from .quantize import morton, residual_vq, rvq_decode, unmorton
+from .quantize import morton, residual_vq, rvq_decode, unmorton, unzigzag, zigzag
 from .rounding import round_shapes
 from .scene import Scene
 from .spz import dequantize
@@ -274,16 +274,6 @@ def _unsigned(levels: np.ndarray) -> np.ndarray:
     return levels.astype(np.uint8 if levels.max(initial=0) < 256 else np.uint16)
 
 
-def _zigzag(d: np.ndarray) -> np.ndarray:
-    """Signed integers as unsigned ones, small magnitudes small: 0, -1, 1, -2 -> 0, 1, 2, 3."""
-    return (d << 1) ^ (d >> 63)
-
-
-def _unzigzag(z: np.ndarray) -> np.ndarray:
-    z = z.astype(np.int64)
-    return (z >> 1) ^ -(z & 1)
-
-
 def _columns(name: str, levels: np.ndarray) -> tuple[list[int], list[container.Item], list[int]]:
     """A level array as one array per column (`name.c0`, ...), each with a table of its
     own, and each stored as itself or as its (zigzagged) difference from an earlier column,
@@ -296,7 +286,7 @@ def _columns(name: str, levels: np.ndarray) -> tuple[list[int], list[container.I
         costs = [_entropy_bytes(np.unique(o, return_counts=True)[1])[0] for o in options]
         best = int(np.argmin(costs))
         predictors.append(best)
-        stored = options[0] if best == 0 else _zigzag(options[best])
+        stored = options[0] if best == 0 else zigzag(options[best])
         item, size = _sized_item(f"{name}.c{j}", _unsigned(stored))
         items.append(item)
         sizes.append(size)
@@ -315,7 +305,7 @@ def _tier_part(t: dict, name: str, width: int, layouts: dict) -> np.ndarray:
         col = t[f"{name}.c{j}"]
         if not 0 <= int(p) <= j or len(col) != len(t[f"{name}.c0"]):
             raise ValueError(f"{name}: column {j}")
-        cols.append(col.astype(np.int64) if p == 0 else cols[int(p) - 1] + _unzigzag(col))
+        cols.append(col.astype(np.int64) if p == 0 else cols[int(p) - 1] + unzigzag(col))
     return np.stack(cols, axis=1)
 
 

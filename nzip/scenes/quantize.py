@@ -88,5 +88,15 @@ def morton(q: np.ndarray) -> np.ndarray:
     return _spread(q[:, 0]) | (_spread(q[:, 1]) << np.uint64(1)) | (_spread(q[:, 2]) << np.uint64(2))
 
 
+def zigzag(d: np.ndarray) -> np.ndarray:
+    """Signed integers (int64) as unsigned ones, small magnitudes small: 0, -1, 1, -2 -> 0, 1, 2, 3."""
+    return (d << 1) ^ (d >> 63)
+
+
+def unzigzag(z: np.ndarray) -> np.ndarray:
+    z = z.astype(np.int64)
+    return (z >> 1) ^ -(z & 1)
+
+
 def unmorton(code: np.ndarray) -> np.ndarray:
     return np.stack([_compact(code), _compact(code >> np.uint64(1)), _compact(code >> np.uint64(2))], axis=1)

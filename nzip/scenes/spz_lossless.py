@@ -29,7 +29,7 @@ import numpy as np
 
 from ..codecs.entropy import adaptive
 from ..errors import CorruptDataError
-from .quantize import morton, unmorton
+from .quantize import morton, unmorton, unzigzag, zigzag
 from .scene import SH_COEFFS, Scene
 from .spz import dequantize, quantize
 
@@ -49,7 +49,7 @@ def on_grid(scene: Scene) -> tuple[list[np.ndarray], int, int] | None:
     for version in (3, 2):
         arrays = quantize(scene, version, frac)
         back = dequantize(arrays, n, scene.sh_degree, frac, version, scene.antialiased)
-        if not all(_same_bits(getattr(back, f), getattr(scene, f)) for f in FIELDS if f != "rotations"):
+        if any(_wrong_rows(getattr(back, f), getattr(scene, f)).any() for f in FIELDS if f != "rotations"):
             return None
         wrong = _wrong_rows(back.rotations, scene.rotations)
         if wrong.mean() > 0.01:  # not this layout
@@ -71,12 +71,11 @@ def on_grid(scene: Scene) -> tuple[list[np.ndarray], int, int] | None:
 
 
 def _wrong_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (np.ascontiguousarray(a, np.float32).view(np.uint32) != np.ascontiguousarray(b, np.float32).view(np.uint32)).any(axis=1)
-
-
-def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.shape == b.shape and np.array_equal(np.ascontiguousarray(a, np.float32).view(np.uint32),
-                                                 np.ascontiguousarray(b, np.float32).view(np.uint32))
+    """The Gaussians whose float bits differ between two arrays of one field (rows first)."""
+    if a.shape != b.shape:
+        return np.ones(len(b), bool)
+    bits = (np.ascontiguousarray(a, np.float32).view(np.uint32) != np.ascontiguousarray(b, np.float32).view(np.uint32))
+    return bits.reshape(len(b), -1).any(axis=1)
 
 
 def _fractional_bits(positions: np.ndarray) -> int | None:
@@ -201,15 +200,6 @@ def _unsigned(s: _Streams, x: np.ndarray | None, ctx: np.ndarray, n: int) -> np.
     return value
 
 
-def _zigzag(v: np.ndarray) -> np.ndarray:
-    return np.where(v < 0, -2 * v - 1, 2 * v).astype(np.uint64)
-
-
-def _unzigzag(u: np.ndarray) -> np.ndarray:
-    u = u.astype(np.int64)
-    return np.where(u & 1, -(u >> 1) - 1, u >> 1)
-
-
 def _bucket(v: np.ndarray, width: int, top: int) -> np.ndarray:
     return np.minimum(v // width, top)
 
@@ -230,10 +220,10 @@ def _code(s: _Streams, f: dict | None, n: int, degree: int, version: int, sorted
     else:  # differences from the Gaussian before, axis by axis (the axis before as context)
         cols, prev_len = [], np.zeros(n, np.int64)
         for a in range(3):
-            d = _zigzag(np.diff(f["positions"][:, a], prepend=0)) if enc else None
+            d = zigzag(np.diff(f["positions"][:, a], prepend=0)) if enc else None
             u = _unsigned(s, d, prev_len, n)
             prev_len = np.minimum(_bit_length(u), 24)
-            cols.append(np.cumsum(_unzigzag(u)))
+            cols.append(np.cumsum(unzigzag(u)))
         out["positions"] = np.stack(cols, axis=1)
     out["alpha"] = s.code(f["alpha"] if enc else None, None, n)
     # colour: red; green - red given red; blue - green given green - red

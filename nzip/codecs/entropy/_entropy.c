@@ -2066,27 +2066,39 @@ static inline void rc_shift(rc_enc *e) {
     e->low = (e->low & 0x00FFFFFFu) << 8;
 }
 
+/* Both directions take (bytes or symbols, ctx u32[n], nctx, K, symbols or bytes): parses
+ * them into b[3], checks the sizes and that every context (and, given, symbol) is in range;
+ * returns n, the symbols' count (the u16 buffer is b[sym_at]), or -1 with the error set. */
+static Py_ssize_t adaptive_args(PyObject *args, Py_buffer *b, Py_ssize_t *nctx, Py_ssize_t *K, int sym_at,
+                                const char *name) {
+    if (!PyArg_ParseTuple(args, "y*y*nnw*", &b[0], &b[1], nctx, K, &b[2])) return -1;
+    if (get_buffers(b, 3) < 0) { release(b, 3); return -1; }
+    Py_ssize_t n = b[sym_at].len / 2;
+    if (b[1].len != n * 4 || *K < 1 || *K > 4096 || *nctx < 1 || *nctx * *K > (1 << 26)) {
+        release(b, 3);
+        PyErr_Format(PyExc_ValueError, "%s: bad sizes", name);
+        return -1;
+    }
+    const uint16_t *sym = sym_at == 0 ? b[0].buf : NULL;  /* the decoder's are still to come */
+    const uint32_t *ctx = b[1].buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (ctx[i] >= *nctx || (sym && sym[i] >= *K)) {
+            release(b, 3);
+            PyErr_Format(PyExc_ValueError, "%s: symbol or context out of range", name);
+            return -1;
+        }
+    }
+    return n;
+}
+
 /* adaptive_encode(sym u16[n], ctx u32[n], nctx, K, dst) -> bytes written (> len(dst): too small) */
 static PyObject *adaptive_encode(PyObject *self, PyObject *args) {
     Py_buffer b[3];
     Py_ssize_t nctx, K;
-    if (!PyArg_ParseTuple(args, "y*y*nnw*", &b[0], &b[1], &nctx, &K, &b[2])) return NULL;
-    if (get_buffers(b, 3) < 0) { release(b, 3); return NULL; }
-    Py_ssize_t n = b[0].len / 2;
-    if (b[1].len != n * 4 || K < 1 || K > 4096 || nctx < 1 || nctx * K > (1 << 26)) {
-        release(b, 3);
-        PyErr_SetString(PyExc_ValueError, "adaptive_encode: bad sizes");
-        return NULL;
-    }
+    Py_ssize_t n = adaptive_args(args, b, &nctx, &K, 0, "adaptive_encode");
+    if (n < 0) return NULL;
     const uint16_t *sym = b[0].buf;
     const uint32_t *ctx = b[1].buf;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (sym[i] >= K || ctx[i] >= nctx) {
-            release(b, 3);
-            PyErr_SetString(PyExc_ValueError, "adaptive_encode: symbol or context out of range");
-            return NULL;
-        }
-    }
     uint16_t *freq; uint32_t *total;
     if (adapt_tables(&freq, &total, nctx, K) < 0) { release(b, 3); return PyErr_NoMemory(); }
     rc_enc e = {0, 0xFFFFFFFFu, 0, 1, b[2].buf, 0, b[2].len};
@@ -2112,25 +2124,12 @@ static PyObject *adaptive_encode(PyObject *self, PyObject *args) {
 static PyObject *adaptive_decode(PyObject *self, PyObject *args) {
     Py_buffer b[3];
     Py_ssize_t nctx, K;
-    if (!PyArg_ParseTuple(args, "y*y*nnw*", &b[0], &b[1], &nctx, &K, &b[2])) return NULL;
-    if (get_buffers(b, 3) < 0) { release(b, 3); return NULL; }
-    Py_ssize_t n = b[2].len / 2;
-    if (b[1].len != n * 4 || K < 1 || K > 4096 || nctx < 1 || nctx * K > (1 << 26)) {
-        release(b, 3);
-        PyErr_SetString(PyExc_ValueError, "adaptive_decode: bad sizes");
-        return NULL;
-    }
+    Py_ssize_t n = adaptive_args(args, b, &nctx, &K, 2, "adaptive_decode");
+    if (n < 0) return NULL;
     const uint8_t *src = b[0].buf;
     const uint32_t *ctx = b[1].buf;
     uint16_t *out = b[2].buf;
     Py_ssize_t len = b[0].len, at = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (ctx[i] >= nctx) {
-            release(b, 3);
-            PyErr_SetString(PyExc_ValueError, "adaptive_decode: context out of range");
-            return NULL;
-        }
-    }
     uint16_t *freq; uint32_t *total;
     if (adapt_tables(&freq, &total, nctx, K) < 0) { release(b, 3); return PyErr_NoMemory(); }
     Py_BEGIN_ALLOW_THREADS
