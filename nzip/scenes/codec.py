@@ -101,8 +101,8 @@ from .scene import Scene
 from .spz import dequantize
 from .visibility import AUTO_MAX, VIEWS, visibility
 
-FORMAT = 6  # 6: lossless scenes on .spz's grids as spz's integers; 5: level arrays stored as rows or columns; 4: position refinement by opacity, tiers against opacity; 3: rotation tiers; 2: tiers
-READABLE = (1, 2, 3, 4, 5, 6)
+FORMAT = 7  # 7: lossless .spz grids by the context-mixing coder; 6: lossless scenes on .spz's grids as spz's integers; 5: level arrays stored as rows or columns; 4: position refinement by opacity, tiers against opacity; 3: rotation tiers; 2: tiers
+READABLE = (1, 2, 3, 4, 5, 6, 7)
 MAX_TIERS = 9
 LEVELS = {
     "high": {"position_bits": 17, "position_refine": 3, "opacity_bits": 8, "scale_step": 1 / 48, "rotation_bits": 10,

@@ -9,7 +9,7 @@ fidelity can be judged by what a viewer shows, on the CPU (or CUDA when tensors 
 - colours come from the spherical harmonics (degree 0-3) in the direction from the camera,
   + 0.5, clamped at 0;
 - the image is cut in 16 x 16 tiles; every tile sorts the Gaussians that touch it by depth
-  and composites them front to back: alpha = min(0.99, opacity * exp(-d^T conic d / 2)),
+  (ties in the file's order) and composites them front to back: alpha = min(0.99, opacity * exp(-d^T conic d / 2)),
   skipped under 1/255 (and where the exponent is positive), and a Gaussian that would bring
   the transmittance under 1e-4 ends the pixel (it and all behind it are left out). Pixel
   centres at +0.5. Black background.
@@ -192,7 +192,8 @@ def render(scene: Scene | SceneTensors, cam: Camera, seen: torch.Tensor | None =
     local = torch.arange(int(counts.sum()), device=dev) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
     tile = (y0[owner] + local // w[owner]) * tiles_x + x0[owner] + local % w[owner]
     rank = torch.empty(n, dtype=torch.long, device=dev)
-    rank[torch.argsort(depth)] = torch.arange(n, device=dev)
+    # ties in depth composite in the file's order, as 3DGS's and gsplat's stable radix sorts do
+    rank[torch.argsort(depth, stable=True)] = torch.arange(n, device=dev)
     order = torch.argsort(tile * n + rank[owner])
     tile, owner = tile[order], owner[order]
     ntiles = tiles_x * tiles_y

@@ -27,7 +27,8 @@ import struct
 
 import numpy as np
 
-from ..codecs.entropy import adaptive
+from ..codecs.entropy import adaptive, mixing
+from ..codecs.entropy.mixing import Model
 from ..errors import CorruptDataError
 from .quantize import morton, unmorton, unzigzag, zigzag
 from .scene import SH_COEFFS, Scene
@@ -35,6 +36,7 @@ from .spz import dequantize, quantize
 
 FIELDS = ("positions", "sh_dc", "sh_rest", "opacity", "scales", "rotations")
 MORTON_BITS = 21
+NEIGHBOUR_WINDOW = 64  # Gaussians before each searched for its nearest (in stream order)
 
 
 def on_grid(scene: Scene) -> tuple[list[np.ndarray], int, int] | None:
@@ -129,28 +131,42 @@ def _rows(f: dict, order: np.ndarray) -> dict:
 # Each stream is decoded before the next, so a stream's contexts may use any earlier one.
 
 class _Streams:
-    """Adaptive streams written (or read back) in one fixed order."""
+    """Streams written (or read back) in one fixed order, by the context-mixing coder
+    (format 7) or, for files of format 6, the adaptive frequency-table coder."""
 
-    def __init__(self, blobs: list[bytes] | None = None):
+    def __init__(self, blobs: list[bytes] | None = None, coder: str = "mixing"):
         self.blobs = [] if blobs is None else blobs
         self.at = 0
+        self.coder = coder
 
     def code(self, values: np.ndarray | None, contexts: np.ndarray | None, n: int) -> np.ndarray:
         """Write `values` (encoding) or read n of them (decoding), under `contexts`."""
+        if self.coder == "mixing":
+            return self.mix(values, [Model(contexts)], n)
         if values is not None:
             self.blobs.append(adaptive.encode(values, contexts))
             return np.asarray(values, np.int64).reshape(-1)
+        out = adaptive.decode(self._next(), np.zeros(n, np.int64) if contexts is None else contexts)
+        return out
+
+    def mix(self, values: np.ndarray | None, models: list[Model], n: int) -> np.ndarray:
+        """As code(), the probabilities mixed from several models (mixing coder only)."""
+        if values is not None:
+            self.blobs.append(mixing.encode(values, models))
+            return np.asarray(values, np.int64).reshape(-1)
+        return mixing.decode(self._next(), models)
+
+    def _next(self) -> bytes:
         if self.at >= len(self.blobs):
             raise CorruptDataError("spz streams: fewer streams than the scene needs")
-        out = adaptive.decode(self.blobs[self.at], np.zeros(n, np.int64) if contexts is None else contexts)
         self.at += 1
-        return out
+        return self.blobs[self.at - 1]
 
     def pack(self) -> bytes:
         return struct.pack(f"<I{len(self.blobs)}I", len(self.blobs), *map(len, self.blobs)) + b"".join(self.blobs)
 
     @classmethod
-    def unpack(cls, blob: bytes) -> "_Streams":
+    def unpack(cls, blob: bytes, coder: str) -> "_Streams":
         if len(blob) < 4:
             raise CorruptDataError("spz streams: truncated")
         (count,) = struct.unpack_from("<I", blob)
@@ -163,7 +179,7 @@ class _Streams:
                 raise CorruptDataError("spz streams: truncated")
             blobs.append(blob[at : at + size])
             at += size
-        return cls(blobs)
+        return cls(blobs, coder)
 
 
 def _bit_length(x: np.ndarray) -> np.ndarray:
@@ -176,10 +192,11 @@ def _bit_length(x: np.ndarray) -> np.ndarray:
     return out + (x > 0)
 
 
-def _unsigned(s: _Streams, x: np.ndarray | None, ctx: np.ndarray, n: int) -> np.ndarray:
-    """Non-negative integers (< 2^64) as a bit length under `ctx`, then the bits below the
-    leading one: the top 8 under the length, the rest a byte at a time."""
-    length = s.code(None if x is None else _bit_length(x), ctx, n)
+def _unsigned(s: _Streams, x: np.ndarray | None, ctx: np.ndarray, n: int, models: list[Model] = ()) -> np.ndarray:
+    """Non-negative integers (< 2^64) as a bit length under `ctx` (and `models`, mixing),
+    then the bits below the leading one: the top 8 under the length, the rest a byte at a time."""
+    xl = None if x is None else _bit_length(x)
+    length = s.mix(xl, [Model(ctx), *models], n) if models else s.code(xl, ctx, n)
     if length.size and (length.min() < 0 or length.max() > 64):
         raise CorruptDataError("spz streams: an integer longer than 64 bits")
     below = np.maximum(length - 1, 0)
@@ -204,8 +221,9 @@ def _bucket(v: np.ndarray, width: int, top: int) -> np.ndarray:
     return np.minimum(v // width, top)
 
 
-def _code(s: _Streams, f: dict | None, n: int, degree: int, version: int, sorted_positions: bool) -> dict:
-    """Every field through `s`, in the order the decoder needs: encoding when f is given."""
+def _code_adaptive(s: _Streams, f: dict | None, n: int, degree: int, version: int, sorted_positions: bool) -> dict:
+    """Format 6: every field through `s` (one frequency table per context), in the order the
+    decoder needs: encoding when f is given."""
     enc = f is not None
     out = {}
     # positions
@@ -267,6 +285,93 @@ def _code(s: _Streams, f: dict | None, n: int, degree: int, version: int, sorted
     return out
 
 
+def neighbours(positions: np.ndarray, window: int = NEIGHBOUR_WINDOW) -> tuple[np.ndarray, np.ndarray]:
+    """For each Gaussian, the two nearest among the `window` before it (in the order given):
+    their indices (-1: none), nearest first. Both sides compute them from the positions."""
+    n = len(positions)
+    p = positions.astype(np.int64)
+    far = np.iinfo(np.int64).max
+    dist = np.full((window, n), far, np.int64)
+    for w in range(1, min(window, n - 1) + 1):
+        d = p[w:] - p[:-w]
+        dist[w - 1, w:] = (d * d).sum(axis=1)
+    back = np.argsort(dist, axis=0, kind="stable")[:2]  # ties: the nearer in the order
+    found = np.take_along_axis(dist, back, 0) != far
+    refs = np.where(found, np.arange(n)[None, :] - back - 1, -1)
+    return refs[0], refs[1]
+
+
+def _code(s: _Streams, f: dict | None, n: int, degree: int, version: int, sorted_positions: bool) -> dict:
+    """Format 7: every field through `s`, in the order the decoder needs (encoding when f is
+    given), each value's bits mixed from several contexts: the value's own earlier fields,
+    and the same field of the two nearest Gaussians before it (`neighbours`)."""
+    enc = f is not None
+    out = {}
+    before = np.arange(n) - 1
+    if sorted_positions:  # Morton codes of the offset grid, ascending: code the gaps
+        lo = s.code(f["positions"].min(axis=0) if enc else None, None, 3)
+        gaps = None
+        if enc:
+            code = morton((f["positions"] - lo).astype(np.uint64))
+            gaps = np.diff(code, prepend=np.uint64(0))
+        # a gap's length given the one before it
+        code = np.cumsum(_unsigned(s, gaps, np.zeros(n, np.int64), n, [Model(None, before, 0)]), dtype=np.uint64)
+        out["positions"] = unmorton(code).astype(np.int64) + lo
+    else:  # differences from the Gaussian before, axis by axis
+        cols, prev_len = [], np.zeros(n, np.int64)
+        for a in range(3):
+            d = zigzag(np.diff(f["positions"][:, a], prepend=0)) if enc else None
+            u = _unsigned(s, d, prev_len, n, [Model(None, before, 0)])
+            prev_len = np.minimum(_bit_length(u), 24)
+            cols.append(np.cumsum(unzigzag(u)))
+        out["positions"] = np.stack(cols, axis=1)
+    near, second = neighbours(out["positions"])
+    out["alpha"] = s.code(f["alpha"] if enc else None, None, n)  # alpha: neighbours say nothing of it
+    # colour: red; green - red given red; blue - green given green - red; each also given the neighbours'
+    c = f["color"] if enc else None
+    r = s.mix(c[:, 0] if enc else None, [Model(), Model(None, near, 1), Model(None, second, 2)], n)
+    g_r = s.mix(c[:, 1] - c[:, 0] if enc else None, [Model(r >> 2), Model(r >> 4, near, 1), Model(None, second, 1)], n)
+    d = g_r + 256
+    b_g = s.mix(c[:, 2] - c[:, 1] if enc else None,
+                [Model(d), Model(d >> 2), Model((d >> 3) * 64 + (r >> 2)), Model(None, near, 1), Model(None, second, 1)], n)
+    out["color"] = np.stack([r, r + g_r, r + g_r + b_g], axis=1)
+    # scales: each given the ones before (neighbours say nothing of them)
+    sc = f["scale"] if enc else None
+    s0 = s.code(sc[:, 0] if enc else None, None, n)
+    s1 = s.code(sc[:, 1] if enc else None, s0, n)
+    s2 = s.code(sc[:, 2] if enc else None, (s0 >> 2) * 64 + (s1 >> 2), n)
+    out["scale"] = np.stack([s0, s1, s2], axis=1)
+    rot = f["rotation"] if enc else None
+    if version == 2:  # bytes of x, y, z of the quaternion with w >= 0: z given what x and y left of 1
+        x = s.code(rot[:, 0] if enc else None, None, n)
+        y = s.code(rot[:, 1] if enc else None, x >> 2, n)
+        left = np.sqrt(np.maximum(0.0, 1 - ((x - 127.5) ** 2 + (y - 127.5) ** 2) / 127.5 ** 2))
+        z = s.code(rot[:, 2] if enc else None, (left * 64).astype(np.int64), n)
+        out["rotation"] = np.stack([x, y, z], axis=1)
+    else:  # index of the largest, then three (sign, 9-bit magnitude) words
+        big = s.code(rot[:, 0] if enc else None, None, n)
+        w1 = s.code(rot[:, 1] if enc else None, big, n)
+        w2 = s.code(rot[:, 2] if enc else None, big * 64 + (w1 & 511) // 8, n)
+        taken = ((w1 & 511) ** 2 + (w2 & 511) ** 2) / 511 ** 2
+        w3 = s.code(rot[:, 3] if enc else None, big * 64 + np.minimum(taken * 64, 64).astype(np.int64), n)
+        out["rotation"] = np.stack([big, w1, w2, w3], axis=1)
+    # SH: per coefficient, red given the energy so far; green given red; blue given both;
+    # each also given the nearest Gaussian's same coefficient and channel
+    k = SH_COEFFS[degree]
+    sh = np.zeros((n, k, 3), np.int64)
+    energy = np.zeros(n, np.int64)
+    for i in range(k):
+        e = np.minimum(energy // max(i, 1) // 2, 7) if i else np.zeros(n, np.int64)
+        v = f["sh"][:, i] if enc else None
+        red = s.mix(v[:, 0] if enc else None, [Model(e), Model(e, near, 0)], n)
+        green = s.mix(v[:, 1] if enc else None, [Model(red * 8 + e), Model(red, near, 0)], n)
+        blue = s.mix(v[:, 2] if enc else None, [Model((red * 256 + green) * 8 + e), Model(green * 256 + red, near, 0)], n)
+        sh[:, i] = np.stack([red, green, blue], axis=1)
+        energy += np.abs(sh[:, i] - 128).sum(axis=1)
+    out["sh"] = sh
+    return out
+
+
 def encode(arrays: list[np.ndarray], n: int, degree: int, version: int, any_order: bool = False) -> tuple[bytes, dict]:
     """(the coded arrays, meta for decode); with any_order the Gaussians are sorted first."""
     f = _fields(arrays, n, degree, version)
@@ -278,12 +383,16 @@ def encode(arrays: list[np.ndarray], n: int, degree: int, version: int, any_orde
         f = _rows(f, np.argsort(morton(cells), kind="stable"))
     s = _Streams()
     _code(s, f, n, degree, version, sorted_positions)
-    return s.pack(), {"version": version, "sorted_positions": sorted_positions}
+    return s.pack(), {"version": version, "sorted_positions": sorted_positions, "coder": "mixing"}
 
 
 def decode(blob: bytes, n: int, degree: int, meta: dict) -> list[np.ndarray]:
     version = int(meta["version"])
-    f = _code(_Streams.unpack(blob), None, n, degree, version, bool(meta["sorted_positions"]))
+    coder = meta.get("coder", "adaptive")  # format 6 files: adaptive
+    if coder not in ("adaptive", "mixing"):
+        raise CorruptDataError(f"spz streams: unknown coder {coder!r}")
+    code = _code if coder == "mixing" else _code_adaptive
+    f = code(_Streams.unpack(blob, coder), None, n, degree, version, bool(meta["sorted_positions"]))
     bounds = {"positions": (-(1 << 23), (1 << 23) - 1), "alpha": (0, 255), "color": (0, 255), "scale": (0, 255),
               "sh": (0, 255), "rotation": (0, 255 if version == 2 else 1023)}
     for name, (low, high) in bounds.items():

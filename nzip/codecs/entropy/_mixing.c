@@ -1,0 +1,282 @@
+/*
+ * Context-mixing coder: integers coded bit by bit (a binary tree over the alphabet, most
+ * significant bit first), each bit's probability mixed from several context models.
+ *
+ * The frequency-table coder (adaptive, in _entropy.c) picks one table per value, so every
+ * context it adds splits its samples: with 256-letter alphabets a table needs hundreds of
+ * values to learn. Here each model is a small probability per (context, tree node) that
+ * learns from the first bit it sees, and a logistic mixer weighs the models by how well
+ * they have predicted so far (in the stretch domain, ln(p/(1-p))), so a sparse but sharp
+ * context and a broad but dull one both count where they help.
+ *
+ * A model's context is a caller's integer (from data the decoder already has), optionally
+ * joined with the symbol this same stream gave at an earlier position ref[i] < i (the
+ * Gaussian before, a spatial neighbour), which only the sequential loop can know.
+ *
+ * Everything is integer arithmetic, so encoder and decoder agree on every machine.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_MODELS 16
+#define MAX_SLOTS (1 << 26)
+#define NO_REF 255 /* a model's shift when it takes no earlier symbol */
+#define COUNT_LIMIT 255
+
+/* squash(x) = 4096 / (1 + e^(-x/256)) at x = -2048, -1920, ..., 2048 */
+static const int16_t SQUASH_AT[33] = {1, 2, 4, 6, 10, 17, 27, 45, 74, 120, 194, 311, 488, 747, 1102, 1546, 2048,
+                                      2550, 2994, 3349, 3608, 3785, 3902, 3976, 4022, 4051, 4069, 4079, 4086, 4090,
+                                      4092, 4094, 4095};
+static int16_t stretch_table[4096];
+static uint32_t recip[COUNT_LIMIT + 1];
+
+static inline int squash(int x) {
+    if (x > 2047) return 4095;
+    if (x < -2047) return 1;
+    int w = x & 127, i = (x >> 7) + 16;
+    return (SQUASH_AT[i] * (128 - w) + SQUASH_AT[i + 1] * w + 64) >> 7;
+}
+
+static void init_tables(void) {
+    int pi = 0;
+    for (int x = -2047; x <= 2047; x++) { /* stretch = the inverse of squash */
+        int v = squash(x);
+        for (int j = pi; j <= v; j++) stretch_table[j] = (int16_t)x;
+        pi = v + 1;
+    }
+    for (int j = pi; j < 4096; j++) stretch_table[j] = 2047;
+    for (int c = 0; c <= COUNT_LIMIT; c++) recip[c] = (uint32_t)(131072 / (2 * c + 3)); /* 2/(2c+3) in 1/65536 */
+}
+
+typedef struct {
+    Py_ssize_t n, K;
+    int bits, models;
+    const uint32_t *ctx;  /* models x n */
+    const int32_t *ref;   /* models x n, -1: none */
+    const uint8_t *shift; /* per model: NO_REF or how far the earlier symbol is shifted down */
+    const uint32_t *mixctx;
+    uint32_t rows[MAX_MODELS], width[MAX_MODELS]; /* rows of each model's table, earlier-symbol slots per context */
+    size_t base[MAX_MODELS];
+    int rate;
+    uint16_t *p;   /* per slot: P(bit = 1) in 1/65536 */
+    uint8_t *cnt;  /* per slot: bits seen (capped): how fast it still learns */
+    int32_t *w;    /* mixer weights per (mixctx, depth), 1.0 = 65536 */
+    uint16_t *sym; /* the symbols so far (encoder: given; decoder: written) */
+} mixer;
+
+static int mixer_open(mixer *m, Py_ssize_t nmix) {
+    size_t slots = 0, nodes = (size_t)1 << m->bits;
+    for (int j = 0; j < m->models; j++) {
+        m->base[j] = slots;
+        slots += (size_t)m->rows[j] * m->width[j] * nodes;
+    }
+    size_t sets = (size_t)nmix * m->bits * (m->models + 1);
+    m->p = malloc(slots * sizeof(uint16_t));
+    m->cnt = calloc(slots, 1);
+    m->w = malloc(sets * sizeof(int32_t));
+    if (!m->p || !m->cnt || !m->w) { free(m->p); free(m->cnt); free(m->w); return -1; }
+    for (size_t s = 0; s < slots; s++) m->p[s] = 32768;
+    for (size_t s = 0; s < sets; s++) m->w[s] = (s % (m->models + 1) == (size_t)m->models) ? 0 : 65536 / m->models;
+    return 0;
+}
+
+static void mixer_close(mixer *m) { free(m->p); free(m->cnt); free(m->w); }
+
+/* The slots of every model for value i (their row; the tree node is added per bit). */
+static inline void rows_of(const mixer *m, Py_ssize_t i, size_t *row) {
+    size_t nodes = (size_t)1 << m->bits;
+    for (int j = 0; j < m->models; j++) {
+        size_t r = (size_t)m->ctx[(size_t)j * m->n + i] * m->width[j];
+        if (m->shift[j] != NO_REF) {
+            int32_t at = m->ref[(size_t)j * m->n + i];
+            if (at >= 0) r += 1 + (m->sym[at] >> m->shift[j]);
+        }
+        row[j] = m->base[j] + r * nodes;
+    }
+}
+
+typedef struct { uint32_t x1, x2, x; } coder;
+
+/* P(bit = 1) in 1/4096 for tree node `node` at `depth`, with the inputs it mixed */
+static inline int predict(const mixer *m, const size_t *row, size_t node, int32_t *w, int *st) {
+    int64_t dot = 0;
+    for (int j = 0; j < m->models; j++) {
+        int p12 = m->p[row[j] + node] >> 4;
+        st[j] = stretch_table[p12 < 1 ? 1 : p12];
+        dot += (int64_t)w[j] * st[j];
+    }
+    st[m->models] = 256;
+    dot += (int64_t)w[m->models] * 256;
+    int p = squash((int)(dot >> 16));
+    return p < 1 ? 1 : (p > 4095 ? 4095 : p);
+}
+
+static inline void learn(mixer *m, const size_t *row, size_t node, int32_t *w, const int *st, int p, int bit) {
+    int err = ((bit << 12) - p) * m->rate;
+    for (int j = 0; j <= m->models; j++) w[j] += (int32_t)(((int64_t)st[j] * err) >> 14);
+    for (int j = 0; j < m->models; j++) {
+        size_t s = row[j] + node;
+        int target = bit ? 65535 : 0;
+        m->p[s] = (uint16_t)(m->p[s] + (((int64_t)(target - m->p[s]) * recip[m->cnt[s]]) >> 16));
+        if (m->cnt[s] < COUNT_LIMIT) m->cnt[s]++;
+    }
+}
+
+static void release7(Py_buffer *b) {
+    for (int i = 0; i < 7; i++) PyBuffer_Release(&b[i]);
+}
+
+/* Parses (stream, K, ctx, rows, ref, shift, mixctx, nmix, rate, symbols) and checks every
+ * index; fills m and returns nmix, or -1 with the error set. */
+static Py_ssize_t mixer_args(PyObject *args, Py_buffer *b, mixer *m, int decoding, const char *name) {
+    Py_ssize_t nmix;
+    int rate;
+    /* b: 0 symbols (encode) or bytes (decode), 1 ctx, 2 rows, 3 ref, 4 shift, 5 mixctx, 6 dst/out */
+    if (!PyArg_ParseTuple(args, "y*ny*y*y*y*y*niw*", &b[0], &m->K, &b[1], &b[2], &b[3], &b[4], &b[5], &nmix, &rate,
+                          &b[6]))
+        return -1;
+    int ok = 1;
+    m->models = (int)b[4].len;
+    Py_ssize_t n = decoding ? b[6].len / 2 : b[0].len / 2;
+    m->n = n;
+    if (m->K < 1 || m->K > 65536 || m->models < 1 || m->models > MAX_MODELS || b[2].len != 4 * m->models ||
+        b[1].len != 4 * n * m->models || b[3].len != 4 * n * m->models || b[5].len != 4 * n || nmix < 1 ||
+        nmix > 65536 || rate < 0 || rate > 255)
+        ok = 0;
+    if (ok) {
+        m->bits = 1;
+        while (((Py_ssize_t)1 << m->bits) < m->K) m->bits++;
+        m->ctx = b[1].buf; m->ref = b[3].buf; m->shift = b[4].buf; m->mixctx = b[5].buf; m->rate = rate;
+        const uint32_t *rows = b[2].buf;
+        size_t slots = 0;
+        for (int j = 0; j < m->models && ok; j++) {
+            m->rows[j] = rows[j];
+            m->width[j] = m->shift[j] == NO_REF ? 1 : (uint32_t)(((m->K - 1) >> (m->shift[j] > 15 ? 15 : m->shift[j])) + 2);
+            if (m->shift[j] != NO_REF && m->shift[j] > 15) ok = 0;
+            slots += (size_t)rows[j] * m->width[j] << m->bits;
+            if (rows[j] < 1 || slots > MAX_SLOTS) ok = 0;
+        }
+        if ((size_t)nmix * m->bits * (m->models + 1) > MAX_SLOTS) ok = 0;
+        for (int j = 0; j < m->models && ok; j++)
+            for (Py_ssize_t i = 0; i < n; i++) {
+                int32_t at = m->ref[(size_t)j * n + i];
+                if (m->ctx[(size_t)j * n + i] >= m->rows[j] || at >= i || at < -1) { ok = 0; break; }
+            }
+        for (Py_ssize_t i = 0; i < n && ok; i++)
+            if (m->mixctx[i] >= (uint32_t)nmix || (!decoding && ((const uint16_t *)b[0].buf)[i] >= m->K)) ok = 0;
+    }
+    if (!ok) {
+        release7(b);
+        PyErr_Format(PyExc_ValueError, "%s: bad sizes, contexts or symbols", name);
+        return -1;
+    }
+    return nmix;
+}
+
+/* mix_encode(sym u16[n], K, ctx u32[models*n], rows u32[models], ref i32[models*n],
+ *            shift u8[models], mixctx u32[n], nmix, rate, dst) -> bytes written (> len(dst): too small) */
+static PyObject *mix_encode(PyObject *self, PyObject *args) {
+    Py_buffer b[7];
+    mixer m;
+    memset(&m, 0, sizeof m);
+    Py_ssize_t nmix = mixer_args(args, b, &m, 0, "mix_encode");
+    if (nmix < 0) return NULL;
+    m.sym = b[0].buf;
+    if (mixer_open(&m, nmix) < 0) { release7(b); return PyErr_NoMemory(); }
+    uint8_t *dst = b[6].buf;
+    Py_ssize_t cap = b[6].len, at = 0;
+    Py_BEGIN_ALLOW_THREADS
+    uint32_t x1 = 0, x2 = 0xFFFFFFFFu;
+    size_t row[MAX_MODELS];
+    int st[MAX_MODELS + 1];
+    for (Py_ssize_t i = 0; i < m.n; i++) {
+        rows_of(&m, i, row);
+        size_t node = 1;
+        for (int d = 0; d < m.bits; d++) {
+            int bit = (m.sym[i] >> (m.bits - 1 - d)) & 1;
+            int32_t *w = m.w + ((size_t)m.mixctx[i] * m.bits + d) * (m.models + 1);
+            int p = predict(&m, row, node, w, st);
+            uint32_t mid = x1 + (uint32_t)(((uint64_t)(x2 - x1) * (uint32_t)p) >> 12);
+            if (bit) x2 = mid; else x1 = mid + 1;
+            while (((x1 ^ x2) & 0xFF000000u) == 0) {
+                if (at < cap) dst[at] = (uint8_t)(x2 >> 24);
+                at++;
+                x1 <<= 8;
+                x2 = (x2 << 8) | 255;
+            }
+            learn(&m, row, node, w, st, p, bit);
+            node = node * 2 + bit;
+        }
+    }
+    for (int k = 0; k < 4; k++) { if (at < cap) dst[at] = (uint8_t)(x1 >> 24); at++; x1 <<= 8; }
+    Py_END_ALLOW_THREADS
+    mixer_close(&m);
+    release7(b);
+    return PyLong_FromSsize_t(at);
+}
+
+/* mix_decode(src, K, ctx, rows, ref, shift, mixctx, nmix, rate, out u16[n]) -> bytes consumed
+ * (> len(src): truncated), or -1 where a decoded symbol falls outside the alphabet (corrupt). */
+static PyObject *mix_decode(PyObject *self, PyObject *args) {
+    Py_buffer b[7];
+    mixer m;
+    memset(&m, 0, sizeof m);
+    Py_ssize_t nmix = mixer_args(args, b, &m, 1, "mix_decode");
+    if (nmix < 0) return NULL;
+    m.sym = b[6].buf;
+    if (mixer_open(&m, nmix) < 0) { release7(b); return PyErr_NoMemory(); }
+    const uint8_t *src = b[0].buf;
+    Py_ssize_t len = b[0].len, at = 0, result;
+    int corrupt = 0;
+    Py_BEGIN_ALLOW_THREADS
+#define NEXT_BYTE() (at < len ? src[at++] : (at++, 0))
+    uint32_t x1 = 0, x2 = 0xFFFFFFFFu, x = 0;
+    for (int k = 0; k < 4; k++) x = (x << 8) | NEXT_BYTE();
+    size_t row[MAX_MODELS];
+    int st[MAX_MODELS + 1];
+    for (Py_ssize_t i = 0; i < m.n; i++) {
+        rows_of(&m, i, row);
+        size_t node = 1;
+        for (int d = 0; d < m.bits; d++) {
+            int32_t *w = m.w + ((size_t)m.mixctx[i] * m.bits + d) * (m.models + 1);
+            int p = predict(&m, row, node, w, st);
+            uint32_t mid = x1 + (uint32_t)(((uint64_t)(x2 - x1) * (uint32_t)p) >> 12);
+            int bit = x <= mid;
+            if (bit) x2 = mid; else x1 = mid + 1;
+            while (((x1 ^ x2) & 0xFF000000u) == 0) {
+                x1 <<= 8;
+                x2 = (x2 << 8) | 255;
+                x = (x << 8) | NEXT_BYTE();
+            }
+            learn(&m, row, node, w, st, p, bit);
+            node = node * 2 + bit;
+        }
+        Py_ssize_t s = (Py_ssize_t)node - ((Py_ssize_t)1 << m.bits);
+        if (s >= m.K) { corrupt = 1; s = m.K - 1; } /* later contexts must stay inside the tables */
+        m.sym[i] = (uint16_t)s;
+    }
+#undef NEXT_BYTE
+    result = (corrupt && at <= len) ? -1 : at; /* running out of bytes is the likelier cause */
+    Py_END_ALLOW_THREADS
+    mixer_close(&m);
+    release7(b);
+    return PyLong_FromSsize_t(result);
+}
+
+static PyMethodDef methods[] = {
+    {"mix_encode", mix_encode, METH_VARARGS,
+     "mix_encode(sym_u16, K, ctx_u32, rows_u32, ref_i32, shift_u8, mixctx_u32, nmix, rate, dst) -> written"},
+    {"mix_decode", mix_decode, METH_VARARGS,
+     "mix_decode(src, K, ctx_u32, rows_u32, ref_i32, shift_u8, mixctx_u32, nmix, rate, out_u16) -> consumed or -1"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_mixing", "nzip's context-mixing coder", -1, methods};
+
+PyMODINIT_FUNC PyInit__mixing(void) {
+    init_tables();
+    return PyModule_Create(&module);
+}
