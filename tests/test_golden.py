@@ -83,18 +83,21 @@ def test_golden_scenes():
         assert np.array_equal(getattr(columns, field), expected_columns[field]), field
 
 
-def test_golden_spz_scenes():
-    """Format 6: the lossless .nzs of scenes on .spz's grids decode to those scenes, bit for
-    bit (the sorted one as the same set of Gaussians)."""
-    import numpy as np
-
+@pytest.mark.parametrize("version", [6, 7])
+def test_golden_spz_scenes(version):
+    """Formats 6 (adaptive tables) and 7 (context mixing): the lossless .nzs of scenes on
+    .spz's grids decode to those scenes, bit for bit (the sorted one as the same set of
+    Gaussians)."""
     from golden.make_golden import golden_spz_scene
+    from nzip.formats.container import Container
     from nzip.scenes.codec import decode_scene
 
     from helpers import same_scene_bits, scene_rows
 
-    assert same_scene_bits(decode_scene(HERE / "v6_scene_spz2_lossless.nzs"), golden_spz_scene(2))
-    sorted_back, scene = decode_scene(HERE / "v6_scene_spz3_sorted.nzs"), golden_spz_scene(3)
+    with Container(HERE / f"v{version}_scene_spz2_lossless.nzs") as box:
+        assert box.metadata()["nzip_scene"] == version
+    assert same_scene_bits(decode_scene(HERE / f"v{version}_scene_spz2_lossless.nzs"), golden_spz_scene(2))
+    sorted_back, scene = decode_scene(HERE / f"v{version}_scene_spz3_sorted.nzs"), golden_spz_scene(3)
     assert np.array_equal(scene_rows(sorted_back), scene_rows(scene))
     assert not np.array_equal(sorted_back.positions, scene.positions)  # it did sort them
 

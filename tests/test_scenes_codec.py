@@ -67,6 +67,19 @@ def test_front_gaussian_hides_the_one_behind():
     assert img[0] > 0.95 and img[2] < 0.02  # alpha capped at 0.99: a hint of blue at most
 
 
+def test_gaussians_tied_in_depth_composite_in_the_files_order():
+    """Many Gaussians at one depth (a red and a blue one, 50 times over, so that an unstable
+    sort would mix them): the first in the file is in front, as in 3DGS's and gsplat's
+    stable radix sorts."""
+    red, blue = one_gaussian(colour=(1, 0, 0), opacity=8), one_gaussian(colour=(0, 0, 1), opacity=8)
+    fields = ("positions", "sh_dc", "sh_rest", "opacity", "scales", "rotations")
+    for first, second, channel in ((red, blue, 0), (blue, red, 2)):
+        scene = Scene(*(np.concatenate([getattr(first, f)] + [getattr(g, f) for g in (second, first) * 50])
+                        for f in fields))
+        img = render(scene, camera())[24, 32]
+        assert img[channel] > 0.95 and img[2 - channel] < 0.02
+
+
 def test_sh_degree_one_varies_with_direction():
     dc = torch.zeros(2, 3)
     rest = torch.zeros(2, 3, 3)

@@ -23,12 +23,28 @@ def test_an_spz_scene_comes_back_bit_for_bit_in_fewer_bytes_than_its_spz(pod, tm
     kept = encode_scene(scene, tmp_path / "a.nzs", level="lossless")
     back = decode_scene(tmp_path / "a.nzs")
     assert same(back, scene)
-    assert kept["bytes"] < 0.75 * pod.stat().st_size  # the float bits took 2.1x
-    # any order: the same Gaussians, sorted, fewer bytes still
+    assert kept["bytes"] < 0.70 * pod.stat().st_size  # the float bits took 2.1x, format 6 0.72x
+    # any order: the same Gaussians, sorted, fewer bytes still: the issue's 0.6x of the .spz
     loose = encode_scene(scene, tmp_path / "b.nzs", level="lossless", any_order=True)
     back = decode_scene(tmp_path / "b.nzs")
     assert np.array_equal(as_rows(back), as_rows(scene)) and not same(back, scene)
-    assert loose["bytes"] < 0.66 * pod.stat().st_size and loose["bytes"] < 0.92 * kept["bytes"]
+    assert loose["bytes"] <= 0.60 * pod.stat().st_size and loose["bytes"] < 0.9 * kept["bytes"]
+
+
+def test_sorted_gaussians_render_the_same_but_where_they_tie_in_depth(pod):
+    """Sorting keeps every Gaussian's bits; renders change only where two Gaussians lie at
+    exactly the same depth (the file's order composites ties). A patch of pod, 3 views."""
+    from nzip.scenes.fidelity import fidelity, renders
+    from nzip.scenes.render import orbit
+
+    scene = read_scene(pod).subset(np.arange(6000))
+    arrays, version, frac = spz_lossless.on_grid(scene)
+    blob, layout = spz_lossless.encode(arrays, len(scene), scene.sh_degree, version, any_order=True)
+    back = dequantize(spz_lossless.decode(blob, len(scene), scene.sh_degree, layout), len(scene), scene.sh_degree,
+                      frac, version)
+    assert np.array_equal(as_rows(back), as_rows(scene)) and not same(back, scene)
+    cams = orbit(scene, 3, 96, 72)
+    assert fidelity(renders(scene, cams), back, cams)["psnr"] > 90
 
 
 def test_a_version_4_file_with_v3_rotations_is_found_on_its_grid(scenes_dir):

@@ -69,15 +69,17 @@ at medium, bytes within 1%, the donut +0.4 dB, guitar +2.3 dB, biker +2.2 dB.
 lossless: every attribute's float32 bits, in the original order (normals and extra .ply
 properties too), each coded by nzip's `auto` choice. A scene that lies on .spz's grids (read
 from .spz, or one that spz's quantisation leaves as it is) is stored instead as the integers
-spz stores, context coded (nzip.scenes.spz_lossless; format 6, meta "spz"): pod_sh3_v2.spz
-takes 0.72x its .spz where the float bits took 2.13x, and with any_order (the Gaussians
-sorted along a Morton curve; renders then differ where Gaussians tie in depth) 0.64x.
+spz stores, context coded (nzip.scenes.spz_lossless; format 7, meta "spz", by the
+context-mixing coder; format 6 files, by adaptive frequency tables, still decode):
+pod_sh3_v2.spz takes 0.69x its .spz where the float bits took 2.13x, and with any_order
+(the Gaussians sorted along a Morton curve; renders then differ where Gaussians tie
+exactly in depth) 0.60x.
 
 The file is an nzip container (.nz format, magic, checksums and all) whose metadata holds
-{"nzip_scene": 6, "level", "count", "sh_degree", "tiers", "columns", ...}: `nzip info` and
+{"nzip_scene": 7, "level", "count", "sh_degree", "tiers", "columns", ...}: `nzip info` and
 `nzip verify` read it. Formats 1 (before tiers: one grid per attribute, arrays without a
 tier suffix), 2 (rotations on the importance tiers' grids), 3 (one position grid for all,
-tiers stored as they are) and 4 (level arrays as rows only) still decode.
+tiers stored as they are), 4 (level arrays as rows only), 5 and 6 still decode.
 """
 
 from __future__ import annotations
@@ -335,7 +337,7 @@ def encode_scene(scene: Scene, path: str | os.PathLike, level: str = "medium", o
 
     any_order: lossless may give the same Gaussians back in another order, which a scene on
     .spz's grids takes to sort them (positions about half as large); renders then differ
-    where Gaussians tie in depth, as after any shuffle (pod: 79.3 dB, not exact).
+    where Gaussians tie exactly in depth, as after any shuffle (pod: 106 dB, not exact).
 
     views: renders of the original (nzip.scenes.visibility, on `device`) that the lossy
     levels' tiers take into account (_seen_factor; compact also drops what they barely see),
@@ -377,7 +379,10 @@ def encode_scene(scene: Scene, path: str | os.PathLike, level: str = "medium", o
         items = _lossy_items(scene, LEVELS[level], meta, seed, seen)
         if refine and scene.sh_degree:
             items = _refined(scene, items, meta, refine, device, progress)
-    header = container.write(path, items, metadata=meta, threads=threads, overwrite=overwrite)
+    # room for the header it will have, not the container's default 4 KiB: a small scene
+    # should not carry kilobytes of blanks (pod's lossless file was 0.4% blanks)
+    room = container.room_for(((it.name, it.shape) for it in items), meta)
+    header = container.write(path, items, metadata=meta, threads=threads, overwrite=overwrite, header_room=room)
     parts: dict[str, int] = {}
     for e in header["tensors"]:
         group = e["name"].split(".")[0]

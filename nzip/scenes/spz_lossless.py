@@ -2,23 +2,28 @@
 spz's quantisation would leave as it is): the integers spz stores, context coded.
 
 spz gzips (or zstds) its arrays: byte statistics, one byte at a time. The numbers have
-more structure than that, which adaptive context coding (nzip.codecs.entropy.adaptive)
-takes: positions as differences from the Gaussian before, green given red and blue given
-both, each scale given the ones before, a quaternion's z given how much of the unit
-length x and y took, each SH coefficient given the other channels of the same
-coefficient and the energy of the coefficients before it. On pod_sh3_v2.spz (101,407
-Gaussians, SH3), measured: see README's scenes section.
+more structure than that, which context modelling takes. Format 7 codes every value bit
+by bit with the context-mixing coder (nzip.codecs.entropy.mixing), each bit's odds mixed
+from several models: positions as differences from the Gaussian before (or, sorted, as
+Morton-code gaps); green given red and blue given both; each scale given the ones before;
+a quaternion's z given how much of the unit length x and y took; each SH coefficient given
+the other channels, the energy of the coefficients before it, the one before it and the
+Gaussian's base colour; and colour and SH also given the same value of the two nearest
+Gaussians before it (`neighbours`: spatial neighbours whose values the decoder already
+has). Format 6 files (one adaptive frequency table per context) still decode. Measured on
+pod_sh3_v2.spz (101,407 Gaussians, SH3) and biker.spz: see README's scenes section.
 
     found = on_grid(scene)                      # (arrays, version, fractional bits) or None
-    blob = encode(arrays, n, degree, version, any_order)
-    arrays = decode(blob, n, degree, version)   # spz.dequantize(arrays, ...) is the scene
+    blob, meta = encode(arrays, n, degree, version, any_order)
+    arrays = decode(blob, n, degree, meta)      # spz.dequantize(arrays, ...) is the scene
 
 The scene comes back bit for bit (encode_scene checks that the grid reproduces every float
 before it takes this path). With any_order the Gaussians are first sorted along a Morton
 curve and the positions stored as the gaps between their codes, which saves about half of
-the position bytes: the same Gaussians, but renders differ where Gaussians tie in depth
-(their compositing order is the file's), as after any shuffle of the file: on pod, 79.3 dB
-and 368 of 196,608 pixels off by more than 1/255. Otherwise the file's order is kept.
+the position bytes: the same Gaussians, bit for bit, in another order. Renders then differ
+only where Gaussians tie exactly in depth, since ties composite in the file's order (in
+3DGS's and gsplat's rasterisers as in nzip's): on pod's 24 orbit views, 106 dB; views
+along the grid's diagonals tie most. Otherwise the file's order is kept.
 """
 
 from __future__ import annotations
@@ -142,7 +147,7 @@ class _Streams:
     def code(self, values: np.ndarray | None, contexts: np.ndarray | None, n: int) -> np.ndarray:
         """Write `values` (encoding) or read n of them (decoding), under `contexts`."""
         if self.coder == "mixing":
-            return self.mix(values, [Model(contexts)], n)
+            return self.mix(values, [Model(contexts)] if contexts is None else [Model(contexts), Model()], n)
         if values is not None:
             self.blobs.append(adaptive.encode(values, contexts))
             return np.asarray(values, np.int64).reshape(-1)
@@ -287,18 +292,29 @@ def _code_adaptive(s: _Streams, f: dict | None, n: int, degree: int, version: in
 
 def neighbours(positions: np.ndarray, window: int = NEIGHBOUR_WINDOW) -> tuple[np.ndarray, np.ndarray]:
     """For each Gaussian, the two nearest among the `window` before it (in the order given):
-    their indices (-1: none), nearest first. Both sides compute them from the positions."""
+    their indices (-1: none), nearest first, ties to the nearer in the order. Both sides
+    compute them from the positions; in slices, so that memory stays at a few MB."""
     n = len(positions)
     p = positions.astype(np.int64)
     far = np.iinfo(np.int64).max
-    dist = np.full((window, n), far, np.int64)
-    for w in range(1, min(window, n - 1) + 1):
-        d = p[w:] - p[:-w]
-        dist[w - 1, w:] = (d * d).sum(axis=1)
-    back = np.argsort(dist, axis=0, kind="stable")[:2]  # ties: the nearer in the order
-    found = np.take_along_axis(dist, back, 0) != far
-    refs = np.where(found, np.arange(n)[None, :] - back - 1, -1)
-    return refs[0], refs[1]
+    out = np.full((2, n), -1, np.int64)
+    step = 1 << 16
+    for lo in range(0, n, step):
+        hi = min(n, lo + step)
+        idx = np.arange(lo, hi)
+        dist = np.full((window, hi - lo), far, np.int64)
+        for w in range(1, window + 1):
+            start = max(lo, w)
+            if start >= hi:
+                break
+            d = p[start:hi] - p[start - w : hi - w]
+            dist[w - 1, start - lo :] = np.einsum("ij,ij->i", d, d)
+        for k in range(2):
+            back = np.argmin(dist, axis=0)  # the first minimum: the nearer in the order
+            found = dist[back, np.arange(hi - lo)] != far
+            out[k, lo:hi] = np.where(found, idx - back - 1, -1)
+            dist[back, np.arange(hi - lo)] = far
+    return out[0], out[1]
 
 
 def _code(s: _Streams, f: dict | None, n: int, degree: int, version: int, sorted_positions: bool) -> dict:
@@ -339,14 +355,14 @@ def _code(s: _Streams, f: dict | None, n: int, degree: int, version: int, sorted
     sc = f["scale"] if enc else None
     s0 = s.code(sc[:, 0] if enc else None, None, n)
     s1 = s.code(sc[:, 1] if enc else None, s0, n)
-    s2 = s.code(sc[:, 2] if enc else None, (s0 >> 2) * 64 + (s1 >> 2), n)
+    s2 = s.mix(sc[:, 2] if enc else None, [Model((s0 >> 2) * 64 + (s1 >> 2)), Model(s0 + s1), Model()], n)
     out["scale"] = np.stack([s0, s1, s2], axis=1)
     rot = f["rotation"] if enc else None
     if version == 2:  # bytes of x, y, z of the quaternion with w >= 0: z given what x and y left of 1
         x = s.code(rot[:, 0] if enc else None, None, n)
-        y = s.code(rot[:, 1] if enc else None, x >> 2, n)
+        y = s.mix(rot[:, 1] if enc else None, [Model(x >> 2), Model(x >> 4), Model()], n)
         left = np.sqrt(np.maximum(0.0, 1 - ((x - 127.5) ** 2 + (y - 127.5) ** 2) / 127.5 ** 2))
-        z = s.code(rot[:, 2] if enc else None, (left * 64).astype(np.int64), n)
+        z = s.mix(rot[:, 2] if enc else None, [Model((left * 64).astype(np.int64)), Model((left * 16).astype(np.int64)), Model()], n)
         out["rotation"] = np.stack([x, y, z], axis=1)
     else:  # index of the largest, then three (sign, 9-bit magnitude) words
         big = s.code(rot[:, 0] if enc else None, None, n)
@@ -355,17 +371,21 @@ def _code(s: _Streams, f: dict | None, n: int, degree: int, version: int, sorted
         taken = ((w1 & 511) ** 2 + (w2 & 511) ** 2) / 511 ** 2
         w3 = s.code(rot[:, 3] if enc else None, big * 64 + np.minimum(taken * 64, 64).astype(np.int64), n)
         out["rotation"] = np.stack([big, w1, w2, w3], axis=1)
-    # SH: per coefficient, red given the energy so far; green given red; blue given both;
-    # each also given the nearest Gaussian's same coefficient and channel
+    # SH: per coefficient, red given the energy so far and the coefficient before; green given
+    # red; blue given both; each also given the nearest Gaussians' same coefficient and channel
     k = SH_COEFFS[degree]
     sh = np.zeros((n, k, 3), np.int64)
     energy = np.zeros(n, np.int64)
     for i in range(k):
         e = np.minimum(energy // max(i, 1) // 2, 7) if i else np.zeros(n, np.int64)
         v = f["sh"][:, i] if enc else None
-        red = s.mix(v[:, 0] if enc else None, [Model(e), Model(e, near, 0)], n)
-        green = s.mix(v[:, 1] if enc else None, [Model(red * 8 + e), Model(red, near, 0)], n)
-        blue = s.mix(v[:, 2] if enc else None, [Model((red * 256 + green) * 8 + e), Model(green * 256 + red, near, 0)], n)
+        before_red = sh[:, i - 1, 0] if i else np.full(n, 128)
+        red = s.mix(v[:, 0] if enc else None,
+                    [Model(e), Model(e, near, 0), Model(e, second, 0), Model(before_red * 8 + e), Model(r >> 2), Model(i * 32 + np.minimum(energy // max(i, 1), 31))], n)
+        green = s.mix(v[:, 1] if enc else None, [Model(red * 8 + e), Model(red, near, 0), Model(red, second, 0),
+                                                 Model(red * 64 + (out["color"][:, 1] >> 2))], n)
+        blue = s.mix(v[:, 2] if enc else None, [Model((red * 256 + green) * 8 + e), Model(green * 256 + red, near, 0),
+                                                Model((red * 256 + green) * 64 + (out["color"][:, 2] >> 2))], n)
         sh[:, i] = np.stack([red, green, blue], axis=1)
         energy += np.abs(sh[:, i] - 128).sum(axis=1)
     out["sh"] = sh

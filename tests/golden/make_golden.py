@@ -88,12 +88,14 @@ def golden_spz_scene(version: int):
 
 
 def write_spz_scene_files() -> None:
-    """Scene format 6: lossless scenes on .spz's grids, stored as spz's integers, context
-    coded; one per rotation layout (v2 in the file's order, v3 sorted: any_order)."""
+    """Scene format 7: lossless scenes on .spz's grids, stored as spz's integers, coded by
+    the context-mixing coder; one per rotation layout (v2 in the file's order, v3 sorted:
+    any_order). The v6 files (format 6, adaptive frequency tables) are frozen, kept to prove
+    that format 6 still decodes."""
     from nzip.scenes.codec import encode_scene
 
-    encode_scene(golden_spz_scene(2), HERE / "v6_scene_spz2_lossless.nzs", level="lossless", overwrite=True, threads=1)
-    encode_scene(golden_spz_scene(3), HERE / "v6_scene_spz3_sorted.nzs", level="lossless", overwrite=True, threads=1,
+    encode_scene(golden_spz_scene(2), HERE / "v7_scene_spz2_lossless.nzs", level="lossless", overwrite=True, threads=1)
+    encode_scene(golden_spz_scene(3), HERE / "v7_scene_spz3_sorted.nzs", level="lossless", overwrite=True, threads=1,
                  any_order=True)
 
 

@@ -13,6 +13,11 @@
  * joined with the symbol this same stream gave at an earlier position ref[i] < i (the
  * Gaussian before, a spatial neighbour), which only the sequential loop can know.
  *
+ * Each (context, node) slot keeps two probabilities, one learnt as a running average of
+ * all it saw (rate 1/(n + 1.5), down to 1/256) and one at a fixed 1/8, which follows local
+ * runs (Gaussians sorted in space come in patches); the mixer weighs both. Its output is
+ * then refined per tree node by an adaptive map on the stretch axis (33 points).
+ *
  * Everything is integer arithmetic, so encoder and decoder agree on every machine.
  */
 #define PY_SSIZE_T_CLEAN
@@ -22,9 +27,13 @@
 #include <string.h>
 
 #define MAX_MODELS 16
-#define MAX_SLOTS (1 << 26)
+#define MAX_SLOTS (1 << 25) /* per call: 5 bytes each, 160 MiB at most */
 #define NO_REF 255 /* a model's shift when it takes no earlier symbol */
 #define COUNT_LIMIT 255
+#define APM_RATE 6
+#define FAST_RATE 3
+#define WEIGHT_LIMIT (1 << 24) /* 256.0: no weight drifts out of int32, whatever the input */
+#define INPUTS(models) (2 * (models) + 1) /* each model's two rates, and a bias */
 
 /* squash(x) = 4096 / (1 + e^(-x/256)) at x = -2048, -1920, ..., 2048 */
 static const int16_t SQUASH_AT[33] = {1, 2, 4, 6, 10, 17, 27, 45, 74, 120, 194, 311, 488, 747, 1102, 1546, 2048,
@@ -62,10 +71,14 @@ typedef struct {
     size_t base[MAX_MODELS];
     int rate;
     uint16_t *p;   /* per slot: P(bit = 1) in 1/65536 */
+    uint16_t *fast; /* per slot: the same, learnt at a fixed fast rate (follows local runs) */
     uint8_t *cnt;  /* per slot: bits seen (capped): how fast it still learns */
     int32_t *w;    /* mixer weights per (mixctx, depth), 1.0 = 65536 */
     uint16_t *sym; /* the symbols so far (encoder: given; decoder: written) */
+    uint16_t *apm; /* per tree node, 33 points: the mixer's output refined by what followed it */
 } mixer;
+
+static void mixer_close(mixer *m) { free(m->p); free(m->fast); free(m->cnt); free(m->w); free(m->apm); }
 
 static int mixer_open(mixer *m, Py_ssize_t nmix) {
     size_t slots = 0, nodes = (size_t)1 << m->bits;
@@ -73,17 +86,18 @@ static int mixer_open(mixer *m, Py_ssize_t nmix) {
         m->base[j] = slots;
         slots += (size_t)m->rows[j] * m->width[j] * nodes;
     }
-    size_t sets = (size_t)nmix * m->bits * (m->models + 1);
+    size_t sets = (size_t)nmix * m->bits * INPUTS(m->models);
     m->p = malloc(slots * sizeof(uint16_t));
+    m->fast = malloc(slots * sizeof(uint16_t));
     m->cnt = calloc(slots, 1);
     m->w = malloc(sets * sizeof(int32_t));
-    if (!m->p || !m->cnt || !m->w) { free(m->p); free(m->cnt); free(m->w); return -1; }
-    for (size_t s = 0; s < slots; s++) m->p[s] = 32768;
-    for (size_t s = 0; s < sets; s++) m->w[s] = (s % (m->models + 1) == (size_t)m->models) ? 0 : 65536 / m->models;
+    m->apm = malloc(nodes * 33 * sizeof(uint16_t));
+    if (!m->p || !m->fast || !m->cnt || !m->w || !m->apm) { mixer_close(m); return -1; }
+    for (size_t k = 0; k < nodes * 33; k++) m->apm[k] = (uint16_t)(squash(((int)(k % 33) - 16) * 128) * 16);
+    for (size_t s = 0; s < slots; s++) m->p[s] = m->fast[s] = 32768;
+    for (size_t s = 0; s < sets; s++) m->w[s] = (s % INPUTS(m->models) == (size_t)(2 * m->models)) ? 0 : 32768 / m->models;
     return 0;
 }
-
-static void mixer_close(mixer *m) { free(m->p); free(m->cnt); free(m->w); }
 
 /* The slots of every model for value i (their row; the tree node is added per bit). */
 static inline void rows_of(const mixer *m, Py_ssize_t i, size_t *row) {
@@ -98,29 +112,50 @@ static inline void rows_of(const mixer *m, Py_ssize_t i, size_t *row) {
     }
 }
 
-typedef struct { uint32_t x1, x2, x; } coder;
-
-/* P(bit = 1) in 1/4096 for tree node `node` at `depth`, with the inputs it mixed */
+/* P(bit = 1) in 1/4096 at tree node `node`; st gets the stretched inputs it mixed */
 static inline int predict(const mixer *m, const size_t *row, size_t node, int32_t *w, int *st) {
     int64_t dot = 0;
     for (int j = 0; j < m->models; j++) {
-        int p12 = m->p[row[j] + node] >> 4;
-        st[j] = stretch_table[p12 < 1 ? 1 : p12];
-        dot += (int64_t)w[j] * st[j];
+        int p12 = m->p[row[j] + node] >> 4, f12 = m->fast[row[j] + node] >> 4;
+        st[2 * j] = stretch_table[p12 < 1 ? 1 : p12];
+        st[2 * j + 1] = stretch_table[f12 < 1 ? 1 : f12];
+        dot += (int64_t)w[2 * j] * st[2 * j] + (int64_t)w[2 * j + 1] * st[2 * j + 1];
     }
-    st[m->models] = 256;
-    dot += (int64_t)w[m->models] * 256;
+    st[2 * m->models] = 256;
+    dot += (int64_t)w[2 * m->models] * 256;
     int p = squash((int)(dot >> 16));
     return p < 1 ? 1 : (p > 4095 ? 4095 : p);
 }
 
+/* The mixer's p refined per tree node: interpolated between the two nearest of 33 points
+ * on the stretch axis; *at gets the lower point and its weight for the update. */
+static inline int refine(const mixer *m, size_t node, int p, int *at) {
+    int s = stretch_table[p] + 2048, lo = s >> 7, w = s & 127;
+    const uint16_t *t = m->apm + node * 33 + lo;
+    *at = (int)(node * 33 + lo) * 128 + w;
+    int q = ((t[0] * (128 - w) + t[1] * w) >> 11);
+    q = (p + 3 * q) >> 2;
+    return q < 1 ? 1 : (q > 4095 ? 4095 : q);
+}
+
+static inline void refine_learn(mixer *m, int at, int bit) {
+    uint16_t *t = m->apm + at / 128;
+    int w = at % 128, target = bit ? 65535 : 0;
+    t[0] += (int)(((int64_t)(target - t[0]) * (128 - w)) >> (7 + APM_RATE));
+    t[1] += (int)(((int64_t)(target - t[1]) * w) >> (7 + APM_RATE));
+}
+
 static inline void learn(mixer *m, const size_t *row, size_t node, int32_t *w, const int *st, int p, int bit) {
     int err = ((bit << 12) - p) * m->rate;
-    for (int j = 0; j <= m->models; j++) w[j] += (int32_t)(((int64_t)st[j] * err) >> 14);
+    for (int j = 0; j <= 2 * m->models; j++) {
+        int64_t v = w[j] + (((int64_t)st[j] * err) >> 14);
+        w[j] = (int32_t)(v > WEIGHT_LIMIT ? WEIGHT_LIMIT : (v < -WEIGHT_LIMIT ? -WEIGHT_LIMIT : v));
+    }
     for (int j = 0; j < m->models; j++) {
         size_t s = row[j] + node;
         int target = bit ? 65535 : 0;
         m->p[s] = (uint16_t)(m->p[s] + (((int64_t)(target - m->p[s]) * recip[m->cnt[s]]) >> 16));
+        m->fast[s] = (uint16_t)(m->fast[s] + ((target - m->fast[s]) >> FAST_RATE));
         if (m->cnt[s] < COUNT_LIMIT) m->cnt[s]++;
     }
 }
@@ -159,7 +194,7 @@ static Py_ssize_t mixer_args(PyObject *args, Py_buffer *b, mixer *m, int decodin
             slots += (size_t)rows[j] * m->width[j] << m->bits;
             if (rows[j] < 1 || slots > MAX_SLOTS) ok = 0;
         }
-        if ((size_t)nmix * m->bits * (m->models + 1) > MAX_SLOTS) ok = 0;
+        if ((size_t)nmix * m->bits * INPUTS(m->models) > MAX_SLOTS) ok = 0;
         for (int j = 0; j < m->models && ok; j++)
             for (Py_ssize_t i = 0; i < n; i++) {
                 int32_t at = m->ref[(size_t)j * n + i];
@@ -191,15 +226,16 @@ static PyObject *mix_encode(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     uint32_t x1 = 0, x2 = 0xFFFFFFFFu;
     size_t row[MAX_MODELS];
-    int st[MAX_MODELS + 1];
+    int st[2 * MAX_MODELS + 1];
     for (Py_ssize_t i = 0; i < m.n; i++) {
         rows_of(&m, i, row);
         size_t node = 1;
         for (int d = 0; d < m.bits; d++) {
             int bit = (m.sym[i] >> (m.bits - 1 - d)) & 1;
-            int32_t *w = m.w + ((size_t)m.mixctx[i] * m.bits + d) * (m.models + 1);
-            int p = predict(&m, row, node, w, st);
-            uint32_t mid = x1 + (uint32_t)(((uint64_t)(x2 - x1) * (uint32_t)p) >> 12);
+            int32_t *w = m.w + ((size_t)m.mixctx[i] * m.bits + d) * INPUTS(m.models);
+            int p = predict(&m, row, node, w, st), point;
+            int q = refine(&m, node, p, &point);
+            uint32_t mid = x1 + (uint32_t)(((uint64_t)(x2 - x1) * (uint32_t)q) >> 12);
             if (bit) x2 = mid; else x1 = mid + 1;
             while (((x1 ^ x2) & 0xFF000000u) == 0) {
                 if (at < cap) dst[at] = (uint8_t)(x2 >> 24);
@@ -208,6 +244,7 @@ static PyObject *mix_encode(PyObject *self, PyObject *args) {
                 x2 = (x2 << 8) | 255;
             }
             learn(&m, row, node, w, st, p, bit);
+            refine_learn(&m, point, bit);
             node = node * 2 + bit;
         }
     }
@@ -236,14 +273,15 @@ static PyObject *mix_decode(PyObject *self, PyObject *args) {
     uint32_t x1 = 0, x2 = 0xFFFFFFFFu, x = 0;
     for (int k = 0; k < 4; k++) x = (x << 8) | NEXT_BYTE();
     size_t row[MAX_MODELS];
-    int st[MAX_MODELS + 1];
+    int st[2 * MAX_MODELS + 1];
     for (Py_ssize_t i = 0; i < m.n; i++) {
         rows_of(&m, i, row);
         size_t node = 1;
         for (int d = 0; d < m.bits; d++) {
-            int32_t *w = m.w + ((size_t)m.mixctx[i] * m.bits + d) * (m.models + 1);
-            int p = predict(&m, row, node, w, st);
-            uint32_t mid = x1 + (uint32_t)(((uint64_t)(x2 - x1) * (uint32_t)p) >> 12);
+            int32_t *w = m.w + ((size_t)m.mixctx[i] * m.bits + d) * INPUTS(m.models);
+            int p = predict(&m, row, node, w, st), point;
+            int q = refine(&m, node, p, &point);
+            uint32_t mid = x1 + (uint32_t)(((uint64_t)(x2 - x1) * (uint32_t)q) >> 12);
             int bit = x <= mid;
             if (bit) x2 = mid; else x1 = mid + 1;
             while (((x1 ^ x2) & 0xFF000000u) == 0) {
@@ -252,6 +290,7 @@ static PyObject *mix_decode(PyObject *self, PyObject *args) {
                 x = (x << 8) | NEXT_BYTE();
             }
             learn(&m, row, node, w, st, p, bit);
+            refine_learn(&m, point, bit);
             node = node * 2 + bit;
         }
         Py_ssize_t s = (Py_ssize_t)node - ((Py_ssize_t)1 << m.bits);

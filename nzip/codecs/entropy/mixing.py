@@ -10,8 +10,10 @@ here every model sees every value, so one coder can take a fine context, a coars
 the symbol this stream gave at an earlier position (ref[i] < i: the Gaussian before, a
 spatial neighbour) together. A model's context is any integers, one per value; both sides
 number the distinct ones in sorted order. `mix` picks the mixer's weight set (a small
-integer per value). Layout: u32 count, u16 alphabet size K, u8 mixer rate, the alphabet
-(as adaptive's), then the arithmetic coder's bytes.
+integer per value). Layout: u32 count, u16 alphabet size K, u8 mixer rate, u8 alphabet
+form; the alphabet, as adaptive's (LEB128 gaps) or, where smaller, as its first value
+(zigzag LEB128), the span less one (LEB128) and a bitmap of the values in it; then the
+arithmetic coder's bytes.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from ...errors import CorruptDataError
 from . import _mixing
 from .adaptive import MAX_ALPHABET, _read_alphabet, _write_alphabet
 
-HEAD = struct.Struct("<IHB")
+HEAD = struct.Struct("<IHBB")  # count, alphabet size, mixer rate, alphabet form (0 gaps, 1 bitmap)
 RATES = (4, 12, 32)  # the mixer's learning rates the encoder tries (a stream keeps its best)
 NO_REF = 255
 
@@ -73,6 +75,47 @@ def _inputs(models: list[Model], n: int, mix: np.ndarray | None):
             np.concatenate(refs) if n else np.zeros(0, np.int32), bytes(shifts), mixctx.astype(np.uint32), nmix)
 
 
+def _alphabet(alphabet: np.ndarray) -> tuple[int, bytes]:
+    """(form, bytes): the LEB128 gaps or a bitmap over the span, whichever is shorter."""
+    gaps = _write_alphabet(alphabet)
+    span = int(alphabet[-1]) - int(alphabet[0])
+    if span >= 1 << 20:
+        return 0, gaps
+    bits = np.zeros(span + 1, np.uint8)
+    bits[alphabet - alphabet[0]] = 1
+    bitmap = _write_alphabet(alphabet[:1]) + _varint(span) + np.packbits(bits, bitorder="little").tobytes()
+    return (1, bitmap) if len(bitmap) < len(gaps) else (0, gaps)
+
+
+def _varint(v: int) -> bytes:
+    out = bytearray()
+    while v >= 128:
+        out.append(128 | (v & 127))
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
+def _read_bitmap(blob: bytes, at: int, k: int) -> tuple[np.ndarray, int]:
+    first, at = _read_alphabet(blob, at, 1)
+    span = shift = 0
+    while True:
+        if at >= len(blob) or shift > 21:
+            raise CorruptDataError("mixing stream: its alphabet is truncated or corrupt")
+        span |= (blob[at] & 127) << shift
+        shift += 7
+        at += 1
+        if blob[at - 1] < 128:
+            break
+    if span >= 1 << 20 or at + (span + 8) // 8 > len(blob):
+        raise CorruptDataError("mixing stream: its alphabet is truncated or corrupt")
+    bits = np.unpackbits(np.frombuffer(blob, np.uint8, (span + 8) // 8, at), bitorder="little")[: span + 1]
+    values = first[0] + np.flatnonzero(bits)
+    if len(values) != k:
+        raise CorruptDataError("mixing stream: its alphabet does not match its size")
+    return values.astype(np.int64), at + (span + 8) // 8
+
+
 def encode(values: np.ndarray, models: list[Model], mix: np.ndarray | None = None, rate: int | None = None) -> bytes:
     values = np.asarray(values).reshape(-1)
     alphabet, symbols = np.unique(values, return_inverse=True)
@@ -91,17 +134,18 @@ def encode(values: np.ndarray, models: list[Model], mix: np.ndarray | None = Non
             raise AssertionError("mixing coder overran its buffer")
         if best is None or written < len(best[1]):
             best = (r, bytes(dst[:written]))
-    return HEAD.pack(len(values), k, best[0]) + _write_alphabet(alphabet.astype(np.int64)) + best[1]
+    form, table = _alphabet(alphabet.astype(np.int64))
+    return HEAD.pack(len(values), k, best[0], form) + table + best[1]
 
 
 def decode(blob: bytes, models: list[Model], mix: np.ndarray | None = None) -> np.ndarray:
     """The int64 values; CorruptDataError where the blob cannot be what encode() wrote."""
     if len(blob) < HEAD.size:
         raise CorruptDataError("mixing stream shorter than its header")
-    n, k, rate = HEAD.unpack_from(blob)
-    if k < 1 or k > MAX_ALPHABET or rate > 255:
-        raise CorruptDataError(f"mixing stream header is corrupt ({k} symbols, rate {rate})")
-    alphabet, body = _read_alphabet(blob, HEAD.size, k)
+    n, k, rate, form = HEAD.unpack_from(blob)
+    if k < 1 or k > MAX_ALPHABET or form > 1:
+        raise CorruptDataError(f"mixing stream header is corrupt ({k} symbols, alphabet form {form})")
+    alphabet, body = (_read_bitmap if form else _read_alphabet)(blob, HEAD.size, k)
     for m in models:
         for a in (m.context, m.ref):
             if a is not None and np.asarray(a).size != n:
