@@ -287,10 +287,11 @@ def cmd_scene_eval(args) -> None:
         write_png(side_by_side(original, decoded, cams), args.png)
     if args.json:
         print(json.dumps({"psnr": report["psnr"], "ssim": report["ssim"], "views": report["views"],
-                          "gaussians": [len(original), len(decoded)]}))
+                          "exact": report["exact"], "gaussians": [len(original), len(decoded)]}))
     else:
+        same = ", every render identical" if report["exact"] else ""
         print(f"PSNR {report['psnr']:.2f} dB, SSIM {report['ssim']:.4f} over {report['views']} views "
-              f"({len(original)} vs {len(decoded)} Gaussians)")
+              f"({len(original)} vs {len(decoded)} Gaussians{same})")
 
 
 def _pack_folder(args, src: Path) -> None:
@@ -495,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("scene-eval", help="fidelity of a decoded Gaussian-splat scene: PSNR/SSIM of renders")
     sp.add_argument("original")
     sp.add_argument("decoded")
-    sp.add_argument("--json", action="store_true", help='print {"psnr", "ssim", "views"}')
+    sp.add_argument("--json", action="store_true", help='print {"psnr", "ssim", "views", "exact"}')
     sp.add_argument("--png", help="write side-by-side renders (original, decoded, error x4)")
     sp.add_argument("--views", type=int, default=24, help="orbit cameras (default 24)")
     sp.add_argument("--size", default="320x240", help="render size WxH (default 320x240)")

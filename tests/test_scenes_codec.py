@@ -104,6 +104,8 @@ def test_identical_scenes_are_100_db_and_psnr_ssim_behave():
     assert psnr(x, x) == 100.0 and ssim(x, x) == pytest.approx(1.0)
     y = (x + 0.05).clamp(0, 1)
     assert 20 < psnr(x, y) < 30 and ssim(x, y) < 1
+    # float rounding (1e-7) is not better than no error at all: both are 100 dB
+    assert psnr(x, x + 1e-7) == 100.0 and psnr(x, x + 2e-5) < 100
     cam = look_at(np.array([0.0, 0, -5]), np.zeros(3), np.array([0.0, -1, 0]), 32, 24, 1.0)
     assert cam.R.shape == (3, 3)
 
@@ -458,7 +460,9 @@ def test_cli_pack_unpack_and_eval(scenes_dir, tmp_path):
                    "--png", tmp_path / "cmp.png")
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
-    assert report["views"] == 4 and report["psnr"] > 35
+    assert report["views"] == 4 and report["psnr"] > 35 and report["exact"] is False
+    same = json.loads(nzip_cli("scene-eval", src, src, "--json", "--views", 2, "--size", "32x24").stdout)
+    assert same["exact"] is True and same["psnr"] == 100
     assert (tmp_path / "cmp.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert read_scene(tmp_path / "d.spz").sh_degree == 0
     bad = tmp_path / "empty.ply"

@@ -1,13 +1,14 @@
 """How close a decoded scene looks to its original: renders of both from the same cameras
 compared by PSNR and SSIM, and a picture a person can look at.
 
-    report = fidelity(original, decoded)        # {"psnr", "ssim", "views", "per_view": [...]}
+    report = fidelity(original, decoded)        # {"psnr", "ssim", "views", "exact", "per_view": [...]}
     write_png(side_by_side(original, decoded), "compare.png")
 
 Cameras: cameras.json beside the original when there is one (the 3DGS trainers' format),
 otherwise a fixed orbit of 24 cameras around the scene (render.orbit). Renders are clamped
-to [0, 1]; PSNR is the mean over views of each view's PSNR (views with no error count as
-100 dB); SSIM uses the usual 11 x 11 Gaussian window (sigma 1.5) on each colour channel.
+to [0, 1]; PSNR is the mean over views of each view's PSNR (at most 100 dB, which views
+with no error or only float rounding's count as; "exact" says whether every view came out
+identical); SSIM uses the usual 11 x 11 Gaussian window (sigma 1.5) on each colour channel.
 """
 
 from __future__ import annotations
@@ -26,9 +27,15 @@ from .render import Camera, SceneTensors, orbit, render
 from .scene import Scene
 
 
+IDENTICAL_DB = 100.0
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of images in [0, 1], at most 100: beyond that (an RMS error under 1e-5)
+    the difference is float rounding, and a view that no error at all would make infinite
+    must not count less than one with rounding's."""
     mse = float(torch.mean((a - b) ** 2))
-    return 100.0 if mse == 0 else 10 * math.log10(1.0 / mse)
+    return IDENTICAL_DB if mse == 0 else min(IDENTICAL_DB, 10 * math.log10(1.0 / mse))
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -81,11 +88,13 @@ def fidelity(original: Scene | list[torch.Tensor], decoded: Scene, cameras: list
         targets = renders(original, cams, device)
     else:
         cams, targets = cameras, original
-    per_view = []
+    per_view, exact = [], True
     for x, y in zip(targets, renders(decoded, cams, device)):
         per_view.append({"psnr": psnr(x, y), "ssim": ssim(x, y)})
+        exact = exact and bool(torch.equal(x, y))
     return {"psnr": float(np.mean([v["psnr"] for v in per_view])),
-            "ssim": float(np.mean([v["ssim"] for v in per_view])), "views": len(cams), "per_view": per_view}
+            "ssim": float(np.mean([v["ssim"] for v in per_view])), "views": len(cams), "exact": exact,
+            "per_view": per_view}
 
 
 def side_by_side(original: Scene, decoded: Scene, cameras: list[Camera] | None = None, views: int = 4,
