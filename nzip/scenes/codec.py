@@ -379,10 +379,9 @@ def encode_scene(scene: Scene, path: str | os.PathLike, level: str = "medium", o
         items = _lossy_items(scene, LEVELS[level], meta, seed, seen)
         if refine and scene.sh_degree:
             items = _refined(scene, items, meta, refine, device, progress)
-    # room for the header it will have, not the container's default 4 KiB: a small scene
-    # should not carry kilobytes of blanks (pod's lossless file was 0.4% blanks)
-    room = container.room_for(((it.name, it.shape) for it in items), meta)
-    header = container.write(path, items, metadata=meta, threads=threads, overwrite=overwrite, header_room=room)
+    # no room kept for the header: the data moves once to just behind it, where the default
+    # 4 KiB would leave blanks in a file of one array (pod's lossless file was 0.4% blanks)
+    header = container.write(path, items, metadata=meta, threads=threads, overwrite=overwrite, header_room=0)
     parts: dict[str, int] = {}
     for e in header["tensors"]:
         group = e["name"].split(".")[0]
