@@ -226,28 +226,43 @@ def _bucket(v: np.ndarray, width: int, top: int) -> np.ndarray:
     return np.minimum(v // width, top)
 
 
+def _positions(s: _Streams, f: dict | None, n: int, sorted_positions: bool, length_models: list[Model] = ()):
+    """Sorted: the Morton codes of the offset grid, ascending, as gaps; otherwise differences
+    from the Gaussian before, axis by axis (the axis before's length as context)."""
+    enc = f is not None
+    if sorted_positions:
+        lo = s.code(f["positions"].min(axis=0) if enc else None, None, 3)
+        gaps = None
+        if enc:
+            gaps = np.diff(morton((f["positions"] - lo).astype(np.uint64)), prepend=np.uint64(0))
+        code = np.cumsum(_unsigned(s, gaps, np.zeros(n, np.int64), n, length_models), dtype=np.uint64)
+        return unmorton(code).astype(np.int64) + lo
+    cols, prev_len = [], np.zeros(n, np.int64)
+    for a in range(3):
+        d = zigzag(np.diff(f["positions"][:, a], prepend=0)) if enc else None
+        u = _unsigned(s, d, prev_len, n, length_models)
+        prev_len = np.minimum(_bit_length(u), 24)
+        cols.append(np.cumsum(unzigzag(u)))
+    return np.stack(cols, axis=1)
+
+
+def _smallest_three(s: _Streams, rot: np.ndarray | None, n: int, buckets: int) -> np.ndarray:
+    """v3 rotations: the index of the largest, then three (sign, 9-bit magnitude) words, the
+    last given how much of the unit length the first two took (in `buckets`)."""
+    enc = rot is not None
+    big = s.code(rot[:, 0] if enc else None, None, n)
+    w1 = s.code(rot[:, 1] if enc else None, big, n)
+    w2 = s.code(rot[:, 2] if enc else None, big * 64 + (w1 & 511) // 8, n)
+    taken = ((w1 & 511) ** 2 + (w2 & 511) ** 2) / 511 ** 2
+    w3 = s.code(rot[:, 3] if enc else None, big * 64 + np.minimum(taken * buckets, buckets).astype(np.int64), n)
+    return np.stack([big, w1, w2, w3], axis=1)
+
+
 def _code_adaptive(s: _Streams, f: dict | None, n: int, degree: int, version: int, sorted_positions: bool) -> dict:
     """Format 6: every field through `s` (one frequency table per context), in the order the
     decoder needs: encoding when f is given."""
     enc = f is not None
-    out = {}
-    # positions
-    if sorted_positions:  # Morton codes of the offset grid, ascending: code the gaps
-        lo = s.code(f["positions"].min(axis=0) if enc else None, None, 3)
-        gaps = None
-        if enc:
-            code = morton((f["positions"] - lo).astype(np.uint64))
-            gaps = np.diff(code, prepend=np.uint64(0))
-        code = np.cumsum(_unsigned(s, gaps, np.zeros(n, np.int64), n), dtype=np.uint64)
-        out["positions"] = unmorton(code).astype(np.int64) + lo
-    else:  # differences from the Gaussian before, axis by axis (the axis before as context)
-        cols, prev_len = [], np.zeros(n, np.int64)
-        for a in range(3):
-            d = zigzag(np.diff(f["positions"][:, a], prepend=0)) if enc else None
-            u = _unsigned(s, d, prev_len, n)
-            prev_len = np.minimum(_bit_length(u), 24)
-            cols.append(np.cumsum(unzigzag(u)))
-        out["positions"] = np.stack(cols, axis=1)
+    out = {"positions": _positions(s, f, n, sorted_positions)}
     out["alpha"] = s.code(f["alpha"] if enc else None, None, n)
     # colour: red; green - red given red; blue - green given green - red
     c = f["color"] if enc else None
@@ -267,13 +282,8 @@ def _code_adaptive(s: _Streams, f: dict | None, n: int, degree: int, version: in
         taken = ((x - 127.5) ** 2 + (y - 127.5) ** 2) / 127.5 ** 2
         z = s.code(rot[:, 2] if enc else None, np.minimum(taken * 16, 16).astype(np.int64), n)
         out["rotation"] = np.stack([x, y, z], axis=1)
-    else:  # index of the largest, then three (sign, 9-bit magnitude) words
-        big = s.code(rot[:, 0] if enc else None, None, n)
-        w1 = s.code(rot[:, 1] if enc else None, big, n)
-        w2 = s.code(rot[:, 2] if enc else None, big * 64 + (w1 & 511) // 8, n)
-        taken = ((w1 & 511) ** 2 + (w2 & 511) ** 2) / 511 ** 2
-        w3 = s.code(rot[:, 3] if enc else None, big * 64 + np.minimum(taken * 32, 32).astype(np.int64), n)
-        out["rotation"] = np.stack([big, w1, w2, w3], axis=1)
+    else:
+        out["rotation"] = _smallest_three(s, rot, n, 32)
     # SH: per coefficient, red given the energy so far; green given red; blue given both
     k = SH_COEFFS[degree]
     sh = np.zeros((n, k, 3), np.int64)
@@ -322,25 +332,8 @@ def _code(s: _Streams, f: dict | None, n: int, degree: int, version: int, sorted
     given), each value's bits mixed from several contexts: the value's own earlier fields,
     and the same field of the two nearest Gaussians before it (`neighbours`)."""
     enc = f is not None
-    out = {}
-    before = np.arange(n) - 1
-    if sorted_positions:  # Morton codes of the offset grid, ascending: code the gaps
-        lo = s.code(f["positions"].min(axis=0) if enc else None, None, 3)
-        gaps = None
-        if enc:
-            code = morton((f["positions"] - lo).astype(np.uint64))
-            gaps = np.diff(code, prepend=np.uint64(0))
-        # a gap's length given the one before it
-        code = np.cumsum(_unsigned(s, gaps, np.zeros(n, np.int64), n, [Model(None, before, 0)]), dtype=np.uint64)
-        out["positions"] = unmorton(code).astype(np.int64) + lo
-    else:  # differences from the Gaussian before, axis by axis
-        cols, prev_len = [], np.zeros(n, np.int64)
-        for a in range(3):
-            d = zigzag(np.diff(f["positions"][:, a], prepend=0)) if enc else None
-            u = _unsigned(s, d, prev_len, n, [Model(None, before, 0)])
-            prev_len = np.minimum(_bit_length(u), 24)
-            cols.append(np.cumsum(unzigzag(u)))
-        out["positions"] = np.stack(cols, axis=1)
+    # a length also given the one before it in the stream
+    out = {"positions": _positions(s, f, n, sorted_positions, [Model(None, np.arange(n) - 1, 0)])}
     near, second = neighbours(out["positions"])
     out["alpha"] = s.code(f["alpha"] if enc else None, None, n)  # alpha: neighbours say nothing of it
     # colour: red; green - red given red; blue - green given green - red; each also given the neighbours'
@@ -362,15 +355,11 @@ def _code(s: _Streams, f: dict | None, n: int, degree: int, version: int, sorted
         x = s.code(rot[:, 0] if enc else None, None, n)
         y = s.mix(rot[:, 1] if enc else None, [Model(x >> 2), Model(x >> 4), Model()], n)
         left = np.sqrt(np.maximum(0.0, 1 - ((x - 127.5) ** 2 + (y - 127.5) ** 2) / 127.5 ** 2))
-        z = s.mix(rot[:, 2] if enc else None, [Model((left * 64).astype(np.int64)), Model((left * 16).astype(np.int64)), Model()], n)
+        z = s.mix(rot[:, 2] if enc else None,
+                  [Model((left * 64).astype(np.int64)), Model((left * 16).astype(np.int64)), Model()], n)
         out["rotation"] = np.stack([x, y, z], axis=1)
-    else:  # index of the largest, then three (sign, 9-bit magnitude) words
-        big = s.code(rot[:, 0] if enc else None, None, n)
-        w1 = s.code(rot[:, 1] if enc else None, big, n)
-        w2 = s.code(rot[:, 2] if enc else None, big * 64 + (w1 & 511) // 8, n)
-        taken = ((w1 & 511) ** 2 + (w2 & 511) ** 2) / 511 ** 2
-        w3 = s.code(rot[:, 3] if enc else None, big * 64 + np.minimum(taken * 64, 64).astype(np.int64), n)
-        out["rotation"] = np.stack([big, w1, w2, w3], axis=1)
+    else:
+        out["rotation"] = _smallest_three(s, rot, n, 64)
     # SH: per coefficient, red given the energy so far and the coefficient before; green given
     # red; blue given both; each also given the nearest Gaussians' same coefficient and channel
     k = SH_COEFFS[degree]
@@ -380,8 +369,8 @@ def _code(s: _Streams, f: dict | None, n: int, degree: int, version: int, sorted
         e = np.minimum(energy // max(i, 1) // 2, 7) if i else np.zeros(n, np.int64)
         v = f["sh"][:, i] if enc else None
         before_red = sh[:, i - 1, 0] if i else np.full(n, 128)
-        red = s.mix(v[:, 0] if enc else None,
-                    [Model(e), Model(e, near, 0), Model(e, second, 0), Model(before_red * 8 + e), Model(r >> 2), Model(i * 32 + np.minimum(energy // max(i, 1), 31))], n)
+        red = s.mix(v[:, 0] if enc else None, [Model(e), Model(e, near, 0), Model(e, second, 0), Model(before_red * 8 + e),
+                                               Model(r >> 2), Model(np.minimum(energy // max(i, 1), 31))], n)
         green = s.mix(v[:, 1] if enc else None, [Model(red * 8 + e), Model(red, near, 0), Model(red, second, 0),
                                                  Model(red * 64 + (out["color"][:, 1] >> 2))], n)
         blue = s.mix(v[:, 2] if enc else None, [Model((red * 256 + green) * 8 + e), Model(green * 256 + red, near, 0),

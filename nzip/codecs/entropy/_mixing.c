@@ -211,99 +211,75 @@ static Py_ssize_t mixer_args(PyObject *args, Py_buffer *b, mixer *m, int decodin
     return nmix;
 }
 
-/* mix_encode(sym u16[n], K, ctx u32[models*n], rows u32[models], ref i32[models*n],
- *            shift u8[models], mixctx u32[n], nmix, rate, dst) -> bytes written (> len(dst): too small) */
-static PyObject *mix_encode(PyObject *self, PyObject *args) {
-    Py_buffer b[7];
-    mixer m;
-    memset(&m, 0, sizeof m);
-    Py_ssize_t nmix = mixer_args(args, b, &m, 0, "mix_encode");
-    if (nmix < 0) return NULL;
-    m.sym = b[0].buf;
-    if (mixer_open(&m, nmix) < 0) { release7(b); return PyErr_NoMemory(); }
-    uint8_t *dst = b[6].buf;
-    Py_ssize_t cap = b[6].len, at = 0;
-    Py_BEGIN_ALLOW_THREADS
-    uint32_t x1 = 0, x2 = 0xFFFFFFFFu;
+/* The coding loop, both ways. Encoding (decoding == 0) reads m->sym and writes up to cap
+ * bytes to buf, returning how many it needed; decoding reads len bytes from buf (zeros past
+ * the end), writes m->sym and returns the bytes it consumed (> len: truncated) or -1 where a
+ * symbol fell outside the alphabet (corrupt). */
+static Py_ssize_t run(mixer *m, int decoding, uint8_t *buf, Py_ssize_t len) {
+    Py_ssize_t at = 0;
+    int corrupt = 0;
+    uint32_t x1 = 0, x2 = 0xFFFFFFFFu, x = 0;
+    if (decoding)
+        for (int k = 0; k < 4; k++) x = (x << 8) | (at < len ? buf[at] : 0), at++;
     size_t row[MAX_MODELS];
     int st[2 * MAX_MODELS + 1];
-    for (Py_ssize_t i = 0; i < m.n; i++) {
-        rows_of(&m, i, row);
+    for (Py_ssize_t i = 0; i < m->n; i++) {
+        rows_of(m, i, row);
         size_t node = 1;
-        for (int d = 0; d < m.bits; d++) {
-            int bit = (m.sym[i] >> (m.bits - 1 - d)) & 1;
-            int32_t *w = m.w + ((size_t)m.mixctx[i] * m.bits + d) * INPUTS(m.models);
-            int p = predict(&m, row, node, w, st), point;
-            int q = refine(&m, node, p, &point);
+        for (int d = 0; d < m->bits; d++) {
+            int32_t *w = m->w + ((size_t)m->mixctx[i] * m->bits + d) * INPUTS(m->models);
+            int p = predict(m, row, node, w, st), point;
+            int q = refine(m, node, p, &point);
             uint32_t mid = x1 + (uint32_t)(((uint64_t)(x2 - x1) * (uint32_t)q) >> 12);
+            int bit = decoding ? x <= mid : (m->sym[i] >> (m->bits - 1 - d)) & 1;
             if (bit) x2 = mid; else x1 = mid + 1;
             while (((x1 ^ x2) & 0xFF000000u) == 0) {
-                if (at < cap) dst[at] = (uint8_t)(x2 >> 24);
+                if (decoding) x = (x << 8) | (at < len ? buf[at] : 0);
+                else if (at < len) buf[at] = (uint8_t)(x2 >> 24);
                 at++;
                 x1 <<= 8;
                 x2 = (x2 << 8) | 255;
             }
-            learn(&m, row, node, w, st, p, bit);
-            refine_learn(&m, point, bit);
+            learn(m, row, node, w, st, p, bit);
+            refine_learn(m, point, bit);
             node = node * 2 + bit;
         }
+        if (decoding) {
+            Py_ssize_t s = (Py_ssize_t)node - ((Py_ssize_t)1 << m->bits);
+            if (s >= m->K) { corrupt = 1; s = m->K - 1; } /* later contexts must stay inside the tables */
+            m->sym[i] = (uint16_t)s;
+        }
     }
-    for (int k = 0; k < 4; k++) { if (at < cap) dst[at] = (uint8_t)(x1 >> 24); at++; x1 <<= 8; }
-    Py_END_ALLOW_THREADS
-    mixer_close(&m);
-    release7(b);
-    return PyLong_FromSsize_t(at);
+    if (!decoding)
+        for (int k = 0; k < 4; k++, at++, x1 <<= 8) if (at < len) buf[at] = (uint8_t)(x1 >> 24);
+    return (corrupt && at <= len) ? -1 : at; /* running out of bytes is the likelier cause */
 }
 
-/* mix_decode(src, K, ctx, rows, ref, shift, mixctx, nmix, rate, out u16[n]) -> bytes consumed
+/* mix_encode(sym u16[n], K, ctx u32[models*n], rows u32[models], ref i32[models*n],
+ *            shift u8[models], mixctx u32[n], nmix, rate, dst) -> bytes written (> len(dst): too small)
+ * mix_decode(src, K, ctx, rows, ref, shift, mixctx, nmix, rate, out u16[n]) -> bytes consumed
  * (> len(src): truncated), or -1 where a decoded symbol falls outside the alphabet (corrupt). */
-static PyObject *mix_decode(PyObject *self, PyObject *args) {
+static PyObject *mix_code(PyObject *args, int decoding) {
     Py_buffer b[7];
     mixer m;
     memset(&m, 0, sizeof m);
-    Py_ssize_t nmix = mixer_args(args, b, &m, 1, "mix_decode");
+    Py_ssize_t nmix = mixer_args(args, b, &m, decoding, decoding ? "mix_decode" : "mix_encode");
     if (nmix < 0) return NULL;
-    m.sym = b[6].buf;
+    m.sym = decoding ? b[6].buf : b[0].buf;
     if (mixer_open(&m, nmix) < 0) { release7(b); return PyErr_NoMemory(); }
-    const uint8_t *src = b[0].buf;
-    Py_ssize_t len = b[0].len, at = 0, result;
-    int corrupt = 0;
+    Py_buffer *bytes = decoding ? &b[0] : &b[6];
+    Py_ssize_t result;
     Py_BEGIN_ALLOW_THREADS
-#define NEXT_BYTE() (at < len ? src[at++] : (at++, 0))
-    uint32_t x1 = 0, x2 = 0xFFFFFFFFu, x = 0;
-    for (int k = 0; k < 4; k++) x = (x << 8) | NEXT_BYTE();
-    size_t row[MAX_MODELS];
-    int st[2 * MAX_MODELS + 1];
-    for (Py_ssize_t i = 0; i < m.n; i++) {
-        rows_of(&m, i, row);
-        size_t node = 1;
-        for (int d = 0; d < m.bits; d++) {
-            int32_t *w = m.w + ((size_t)m.mixctx[i] * m.bits + d) * INPUTS(m.models);
-            int p = predict(&m, row, node, w, st), point;
-            int q = refine(&m, node, p, &point);
-            uint32_t mid = x1 + (uint32_t)(((uint64_t)(x2 - x1) * (uint32_t)q) >> 12);
-            int bit = x <= mid;
-            if (bit) x2 = mid; else x1 = mid + 1;
-            while (((x1 ^ x2) & 0xFF000000u) == 0) {
-                x1 <<= 8;
-                x2 = (x2 << 8) | 255;
-                x = (x << 8) | NEXT_BYTE();
-            }
-            learn(&m, row, node, w, st, p, bit);
-            refine_learn(&m, point, bit);
-            node = node * 2 + bit;
-        }
-        Py_ssize_t s = (Py_ssize_t)node - ((Py_ssize_t)1 << m.bits);
-        if (s >= m.K) { corrupt = 1; s = m.K - 1; } /* later contexts must stay inside the tables */
-        m.sym[i] = (uint16_t)s;
-    }
-#undef NEXT_BYTE
-    result = (corrupt && at <= len) ? -1 : at; /* running out of bytes is the likelier cause */
+    result = run(&m, decoding, bytes->buf, bytes->len);
     Py_END_ALLOW_THREADS
     mixer_close(&m);
     release7(b);
     return PyLong_FromSsize_t(result);
 }
+
+static PyObject *mix_encode(PyObject *self, PyObject *args) { return mix_code(args, 0); }
+
+static PyObject *mix_decode(PyObject *self, PyObject *args) { return mix_code(args, 1); }
 
 static PyMethodDef methods[] = {
     {"mix_encode", mix_encode, METH_VARARGS,

@@ -37,16 +37,20 @@ def _dense(contexts: np.ndarray | None, n: int) -> tuple[np.ndarray, int]:
     return ids.astype(np.uint32), int(ids.max()) + 1
 
 
+def varint(v: int) -> bytes:
+    """LEB128: 7 bits a byte, low first, the top bit set on all but the last."""
+    out = bytearray()
+    while v >= 128:
+        out.append(128 | (v & 127))
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
 def _write_alphabet(alphabet: np.ndarray) -> bytes:
     first = int(alphabet[0])
     numbers = [2 * first if first >= 0 else -2 * first - 1] + (np.diff(alphabet) - 1).tolist()
-    out = bytearray()
-    for v in numbers:
-        while v >= 128:
-            out.append(128 | (v & 127))
-            v >>= 7
-        out.append(v)
-    return bytes(out)
+    return b"".join(map(varint, numbers))
 
 
 def _read_alphabet(blob: bytes, at: int, k: int) -> tuple[np.ndarray, int]:

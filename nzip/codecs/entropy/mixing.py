@@ -25,7 +25,7 @@ import numpy as np
 
 from ...errors import CorruptDataError
 from . import _mixing
-from .adaptive import MAX_ALPHABET, _read_alphabet, _write_alphabet
+from .adaptive import MAX_ALPHABET, _read_alphabet, _write_alphabet, varint
 
 HEAD = struct.Struct("<IHBB")  # count, alphabet size, mixer rate, alphabet form (0 gaps, 1 bitmap)
 RATES = (4, 12, 32)  # the mixer's learning rates the encoder tries (a stream keeps its best)
@@ -83,17 +83,8 @@ def _alphabet(alphabet: np.ndarray) -> tuple[int, bytes]:
         return 0, gaps
     bits = np.zeros(span + 1, np.uint8)
     bits[alphabet - alphabet[0]] = 1
-    bitmap = _write_alphabet(alphabet[:1]) + _varint(span) + np.packbits(bits, bitorder="little").tobytes()
+    bitmap = _write_alphabet(alphabet[:1]) + varint(span) + np.packbits(bits, bitorder="little").tobytes()
     return (1, bitmap) if len(bitmap) < len(gaps) else (0, gaps)
-
-
-def _varint(v: int) -> bytes:
-    out = bytearray()
-    while v >= 128:
-        out.append(128 | (v & 127))
-        v >>= 7
-    out.append(v)
-    return bytes(out)
 
 
 def _read_bitmap(blob: bytes, at: int, k: int) -> tuple[np.ndarray, int]:
