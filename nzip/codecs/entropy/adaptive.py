@@ -74,13 +74,18 @@ def _read_alphabet(blob: bytes, at: int, k: int) -> tuple[np.ndarray, int]:
     return values.astype(np.int64), at
 
 
-def encode(values: np.ndarray, contexts: np.ndarray | None = None) -> bytes:
+def symbols_of(values: np.ndarray, coder: str) -> tuple[np.ndarray, np.ndarray]:
+    """(the distinct values ascending, at least one; each value's index among them)."""
     values = np.asarray(values).reshape(-1)
     alphabet, symbols = np.unique(values, return_inverse=True)
     if len(alphabet) > MAX_ALPHABET:
-        raise ValueError(f"{len(alphabet)} distinct values: adaptive coding takes at most {MAX_ALPHABET}")
-    if len(alphabet) == 0:
-        alphabet = np.zeros(1, np.int64)
+        raise ValueError(f"{len(alphabet)} distinct values: {coder} coding takes at most {MAX_ALPHABET}")
+    return (alphabet if len(alphabet) else np.zeros(1, np.int64)), symbols.reshape(-1)
+
+
+def encode(values: np.ndarray, contexts: np.ndarray | None = None) -> bytes:
+    values = np.asarray(values).reshape(-1)
+    alphabet, symbols = symbols_of(values, "adaptive")
     k = len(alphabet)
     ids, nctx = _dense(contexts, len(values))
     if nctx * k > MAX_TABLE:

@@ -25,7 +25,7 @@ import numpy as np
 
 from ...errors import CorruptDataError
 from . import _mixing
-from .adaptive import MAX_ALPHABET, _read_alphabet, _write_alphabet, varint
+from .adaptive import MAX_ALPHABET, _read_alphabet, _write_alphabet, symbols_of, varint
 
 HEAD = struct.Struct("<IHBB")  # count, alphabet size, mixer rate, alphabet form (0 gaps, 1 bitmap)
 RATES = (4, 12, 32)  # the mixer's learning rates the encoder tries (a stream keeps its best)
@@ -109,11 +109,7 @@ def _read_bitmap(blob: bytes, at: int, k: int) -> tuple[np.ndarray, int]:
 
 def encode(values: np.ndarray, models: list[Model], mix: np.ndarray | None = None, rate: int | None = None) -> bytes:
     values = np.asarray(values).reshape(-1)
-    alphabet, symbols = np.unique(values, return_inverse=True)
-    if len(alphabet) > MAX_ALPHABET:
-        raise ValueError(f"{len(alphabet)} distinct values: mixing takes at most {MAX_ALPHABET}")
-    if len(alphabet) == 0:
-        alphabet = np.zeros(1, np.int64)
+    alphabet, symbols = symbols_of(values, "mixing")
     k = len(alphabet)
     ctx, rows, refs, shifts, mixctx, nmix = _inputs(models, len(values), mix)
     symbols = symbols.astype(np.uint16)
