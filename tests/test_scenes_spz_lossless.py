@@ -86,6 +86,10 @@ def test_damaged_streams_are_refused(pod):
     for bad in (blob[:3], blob[: len(blob) // 2], blob[:8] + bytes(len(blob) - 8)):
         with pytest.raises(CorruptDataError):
             spz_lossless.decode(bad, len(scene), scene.sh_degree, layout)
+    with pytest.raises(CorruptDataError, match="unknown coder"):
+        spz_lossless.decode(blob, len(scene), scene.sh_degree, {**layout, "coder": "gzip"})
+    with pytest.raises(CorruptDataError):  # format 7's streams read as format 6's
+        spz_lossless.decode(blob, len(scene), scene.sh_degree, {**layout, "coder": "adaptive"})
 
 
 def test_quantize_reproduces_what_it_decodes_to():

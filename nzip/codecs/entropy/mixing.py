@@ -42,6 +42,21 @@ class Model:
     shift: int = 0
 
 
+def _dense(c: np.ndarray) -> tuple[np.ndarray, int]:
+    """Each context's rank among the distinct ones (np.unique's inverse, without its sort
+    where the contexts are small non-negative integers), and how many there are."""
+    if c.size == 0:
+        return np.zeros(0, np.uint32), 1
+    lo, hi = (int(c.min()), int(c.max())) if c.dtype.kind in "iu" else (-1, 0)
+    if lo >= 0 and hi < max(4 * c.size, 1 << 16):
+        present = np.zeros(hi + 1, bool)
+        present[c] = True
+        rank = np.cumsum(present) - 1
+        return rank[c].astype(np.uint32), int(rank[-1]) + 1
+    _, ids = np.unique(c, return_inverse=True)
+    return ids.astype(np.uint32).reshape(-1), int(ids.max()) + 1
+
+
 def _inputs(models: list[Model], n: int, mix: np.ndarray | None):
     if not 1 <= len(models) <= 16:
         raise ValueError("mixing takes 1 to 16 models")
@@ -53,8 +68,7 @@ def _inputs(models: list[Model], n: int, mix: np.ndarray | None):
             c = np.asarray(m.context).reshape(-1)
             if len(c) != n:
                 raise ValueError(f"{len(c)} contexts for {n} values")
-            _, ids = np.unique(c, return_inverse=True)
-            count = int(ids.max()) + 1 if n else 1
+            ids, count = _dense(c)
         ctx.append(ids.astype(np.uint32).reshape(-1))
         rows.append(count)
         if m.ref is None:
@@ -69,8 +83,7 @@ def _inputs(models: list[Model], n: int, mix: np.ndarray | None):
     if mix is None:
         mixctx, nmix = np.zeros(n, np.uint32), 1
     else:
-        _, mixctx = np.unique(np.asarray(mix).reshape(-1), return_inverse=True)
-        nmix = int(mixctx.max()) + 1 if n else 1
+        mixctx, nmix = _dense(np.asarray(mix).reshape(-1))
     return (np.concatenate(ctx) if n else np.zeros(0, np.uint32), np.array(rows, np.uint32),
             np.concatenate(refs) if n else np.zeros(0, np.int32), bytes(shifts), mixctx.astype(np.uint32), nmix)
 
