@@ -27,7 +27,7 @@
 #include <string.h>
 
 #define MAX_MODELS 16
-#define MAX_SLOTS (1 << 25) /* per call: 5 bytes each, 160 MiB at most */
+#define MAX_SLOTS (1 << 25) /* per call: 6 bytes each, 192 MiB at most */
 #define NO_REF 255 /* a model's shift when it takes no earlier symbol */
 #define COUNT_LIMIT 255
 #define APM_RATE 6
@@ -60,6 +60,13 @@ static void init_tables(void) {
     for (int c = 0; c <= COUNT_LIMIT; c++) recip[c] = (uint32_t)(131072 / (2 * c + 3)); /* 2/(2c+3) in 1/65536 */
 }
 
+/* One (context, tree node) of a model: P(bit = 1) in 1/65536 learnt two ways, and the bits
+ * seen (capped), which set how fast p still learns. Kept together: one cache line a lookup. */
+typedef struct {
+    uint16_t p, fast;
+    uint16_t count;
+} slot;
+
 typedef struct {
     Py_ssize_t n, K;
     int bits, models;
@@ -70,15 +77,13 @@ typedef struct {
     uint32_t rows[MAX_MODELS], width[MAX_MODELS]; /* rows of each model's table, earlier-symbol slots per context */
     size_t base[MAX_MODELS];
     int rate;
-    uint16_t *p;   /* per slot: P(bit = 1) in 1/65536 */
-    uint16_t *fast; /* per slot: the same, learnt at a fixed fast rate (follows local runs) */
-    uint8_t *cnt;  /* per slot: bits seen (capped): how fast it still learns */
+    slot *slots;
     int32_t *w;    /* mixer weights per (mixctx, depth), 1.0 = 65536 */
     uint16_t *sym; /* the symbols so far (encoder: given; decoder: written) */
     uint16_t *apm; /* per tree node, 33 points: the mixer's output refined by what followed it */
 } mixer;
 
-static void mixer_close(mixer *m) { free(m->p); free(m->fast); free(m->cnt); free(m->w); free(m->apm); }
+static void mixer_close(mixer *m) { free(m->slots); free(m->w); free(m->apm); }
 
 static int mixer_open(mixer *m, Py_ssize_t nmix) {
     size_t slots = 0, nodes = (size_t)1 << m->bits;
@@ -87,14 +92,12 @@ static int mixer_open(mixer *m, Py_ssize_t nmix) {
         slots += (size_t)m->rows[j] * m->width[j] * nodes;
     }
     size_t sets = (size_t)nmix * m->bits * INPUTS(m->models);
-    m->p = malloc(slots * sizeof(uint16_t));
-    m->fast = malloc(slots * sizeof(uint16_t));
-    m->cnt = calloc(slots, 1);
+    m->slots = malloc(slots * sizeof(slot));
     m->w = malloc(sets * sizeof(int32_t));
     m->apm = malloc(nodes * 33 * sizeof(uint16_t));
-    if (!m->p || !m->fast || !m->cnt || !m->w || !m->apm) { mixer_close(m); return -1; }
+    if (!m->slots || !m->w || !m->apm) { mixer_close(m); return -1; }
     for (size_t k = 0; k < nodes * 33; k++) m->apm[k] = (uint16_t)(squash(((int)(k % 33) - 16) * 128) * 16);
-    for (size_t s = 0; s < slots; s++) m->p[s] = m->fast[s] = 32768;
+    for (size_t s = 0; s < slots; s++) m->slots[s] = (slot){32768, 32768, 0};
     for (size_t s = 0; s < sets; s++) m->w[s] = (s % INPUTS(m->models) == (size_t)(2 * m->models)) ? 0 : 32768 / m->models;
     return 0;
 }
@@ -116,7 +119,8 @@ static inline void rows_of(const mixer *m, Py_ssize_t i, size_t *row) {
 static inline int predict(const mixer *m, const size_t *row, size_t node, int32_t *w, int *st) {
     int64_t dot = 0;
     for (int j = 0; j < m->models; j++) {
-        int p12 = m->p[row[j] + node] >> 4, f12 = m->fast[row[j] + node] >> 4;
+        const slot *t = &m->slots[row[j] + node];
+        int p12 = t->p >> 4, f12 = t->fast >> 4;
         st[2 * j] = stretch_table[p12 < 1 ? 1 : p12];
         st[2 * j + 1] = stretch_table[f12 < 1 ? 1 : f12];
         dot += (int64_t)w[2 * j] * st[2 * j] + (int64_t)w[2 * j + 1] * st[2 * j + 1];
@@ -152,11 +156,11 @@ static inline void learn(mixer *m, const size_t *row, size_t node, int32_t *w, c
         w[j] = (int32_t)(v > WEIGHT_LIMIT ? WEIGHT_LIMIT : (v < -WEIGHT_LIMIT ? -WEIGHT_LIMIT : v));
     }
     for (int j = 0; j < m->models; j++) {
-        size_t s = row[j] + node;
         int target = bit ? 65535 : 0;
-        m->p[s] = (uint16_t)(m->p[s] + (((int64_t)(target - m->p[s]) * recip[m->cnt[s]]) >> 16));
-        m->fast[s] = (uint16_t)(m->fast[s] + ((target - m->fast[s]) >> FAST_RATE));
-        if (m->cnt[s] < COUNT_LIMIT) m->cnt[s]++;
+        slot *t = &m->slots[row[j] + node];
+        t->p = (uint16_t)(t->p + (((int64_t)(target - t->p) * recip[t->count]) >> 16));
+        t->fast = (uint16_t)(t->fast + ((target - t->fast) >> FAST_RATE));
+        if (t->count < COUNT_LIMIT) t->count++;
     }
 }
 
