@@ -9,10 +9,10 @@ fidelity can be judged by what a viewer shows, on the CPU (or CUDA when tensors 
 - colours come from the spherical harmonics (degree 0-3) in the direction from the camera,
   + 0.5, clamped at 0;
 - the image is cut in 16 x 16 tiles; every tile sorts the Gaussians that touch it by depth
-  (ties in the file's order) and composites them front to back: alpha = min(0.99, opacity * exp(-d^T conic d / 2)),
-  skipped under 1/255 (and where the exponent is positive), and a Gaussian that would bring
-  the transmittance under 1e-4 ends the pixel (it and all behind it are left out). Pixel
-  centres at +0.5. Black background.
+  (ties in the file's order) and composites them front to back:
+  alpha = min(0.99, opacity * exp(-d^T conic d / 2)), skipped under 1/255 (and where the
+  exponent is positive), and a Gaussian that would bring the transmittance under 1e-4 ends
+  the pixel (it and all behind it are left out). Pixel centres at +0.5. Black background.
 
 Work is vectorised over tiles: the sorted lists are cut in chunks of CHUNK Gaussians, and
 chunk k of every tile is composited at once, carrying each pixel's transmittance.

@@ -31,10 +31,22 @@ def _dense(contexts: np.ndarray | None, n: int) -> tuple[np.ndarray, int]:
     contexts = np.asarray(contexts).reshape(-1)
     if len(contexts) != n:
         raise ValueError(f"{len(contexts)} contexts for {n} values")
-    if n == 0:
+    return ranks(contexts)
+
+
+def ranks(c: np.ndarray) -> tuple[np.ndarray, int]:
+    """Each context's rank among the distinct ones (np.unique's inverse, without its sort
+    where the contexts are small non-negative integers), and how many there are (>= 1)."""
+    if c.size == 0:
         return np.zeros(0, np.uint32), 1
-    _, ids = np.unique(contexts, return_inverse=True)
-    return ids.astype(np.uint32), int(ids.max()) + 1
+    lo, hi = (int(c.min()), int(c.max())) if c.dtype.kind in "iu" else (-1, 0)
+    if lo >= 0 and hi < max(4 * c.size, 1 << 16):
+        present = np.zeros(hi + 1, bool)
+        present[c] = True
+        rank = np.cumsum(present) - 1
+        return rank[c].astype(np.uint32), int(rank[-1]) + 1
+    _, ids = np.unique(c, return_inverse=True)
+    return ids.astype(np.uint32).reshape(-1), int(ids.max()) + 1
 
 
 def varint(v: int) -> bytes:
@@ -53,19 +65,24 @@ def _write_alphabet(alphabet: np.ndarray) -> bytes:
     return b"".join(map(varint, numbers))
 
 
+def read_varint(blob: bytes, at: int, what: str = "adaptive stream") -> tuple[int, int]:
+    """(the LEB128 number at `at`, where it ends); CorruptDataError past the end or 64 bits."""
+    v = shift = 0
+    while True:
+        if at >= len(blob) or shift > 63:
+            raise CorruptDataError(f"{what}: its alphabet is truncated or corrupt")
+        byte = blob[at]
+        at += 1
+        v |= (byte & 127) << shift
+        shift += 7
+        if byte < 128:
+            return v, at
+
+
 def _read_alphabet(blob: bytes, at: int, k: int) -> tuple[np.ndarray, int]:
     numbers = []
     for _ in range(k):
-        v = shift = 0
-        while True:
-            if at >= len(blob) or shift > 63:
-                raise CorruptDataError("adaptive stream: its alphabet is truncated or corrupt")
-            byte = blob[at]
-            at += 1
-            v |= (byte & 127) << shift
-            shift += 7
-            if byte < 128:
-                break
+        v, at = read_varint(blob, at)
         numbers.append(v)
     first = numbers[0] >> 1 if numbers[0] % 2 == 0 else -(numbers[0] >> 1) - 1
     values = first + np.cumsum([0] + [g + 1 for g in numbers[1:]], dtype=object)

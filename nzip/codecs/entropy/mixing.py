@@ -25,7 +25,7 @@ import numpy as np
 
 from ...errors import CorruptDataError
 from . import _mixing
-from .adaptive import MAX_ALPHABET, _read_alphabet, _write_alphabet, symbols_of, varint
+from .adaptive import MAX_ALPHABET, _read_alphabet, _write_alphabet, ranks, read_varint, symbols_of, varint
 
 HEAD = struct.Struct("<IHBB")  # count, alphabet size, mixer rate, alphabet form (0 gaps, 1 bitmap)
 RATES = (4, 12, 32)  # the mixer's learning rates the encoder tries (a stream keeps its best)
@@ -42,21 +42,6 @@ class Model:
     shift: int = 0
 
 
-def _dense(c: np.ndarray) -> tuple[np.ndarray, int]:
-    """Each context's rank among the distinct ones (np.unique's inverse, without its sort
-    where the contexts are small non-negative integers), and how many there are."""
-    if c.size == 0:
-        return np.zeros(0, np.uint32), 1
-    lo, hi = (int(c.min()), int(c.max())) if c.dtype.kind in "iu" else (-1, 0)
-    if lo >= 0 and hi < max(4 * c.size, 1 << 16):
-        present = np.zeros(hi + 1, bool)
-        present[c] = True
-        rank = np.cumsum(present) - 1
-        return rank[c].astype(np.uint32), int(rank[-1]) + 1
-    _, ids = np.unique(c, return_inverse=True)
-    return ids.astype(np.uint32).reshape(-1), int(ids.max()) + 1
-
-
 def _inputs(models: list[Model], n: int, mix: np.ndarray | None):
     if not 1 <= len(models) <= 16:
         raise ValueError("mixing takes 1 to 16 models")
@@ -68,7 +53,7 @@ def _inputs(models: list[Model], n: int, mix: np.ndarray | None):
             c = np.asarray(m.context).reshape(-1)
             if len(c) != n:
                 raise ValueError(f"{len(c)} contexts for {n} values")
-            ids, count = _dense(c)
+            ids, count = ranks(c)
         ctx.append(ids.astype(np.uint32).reshape(-1))
         rows.append(count)
         if m.ref is None:
@@ -83,7 +68,7 @@ def _inputs(models: list[Model], n: int, mix: np.ndarray | None):
     if mix is None:
         mixctx, nmix = np.zeros(n, np.uint32), 1
     else:
-        mixctx, nmix = _dense(np.asarray(mix).reshape(-1))
+        mixctx, nmix = ranks(np.asarray(mix).reshape(-1))
     return (np.concatenate(ctx) if n else np.zeros(0, np.uint32), np.array(rows, np.uint32),
             np.concatenate(refs) if n else np.zeros(0, np.int32), bytes(shifts), mixctx.astype(np.uint32), nmix)
 
@@ -102,15 +87,7 @@ def _alphabet(alphabet: np.ndarray) -> tuple[int, bytes]:
 
 def _read_bitmap(blob: bytes, at: int, k: int) -> tuple[np.ndarray, int]:
     first, at = _read_alphabet(blob, at, 1)
-    span = shift = 0
-    while True:
-        if at >= len(blob) or shift > 21:
-            raise CorruptDataError("mixing stream: its alphabet is truncated or corrupt")
-        span |= (blob[at] & 127) << shift
-        shift += 7
-        at += 1
-        if blob[at - 1] < 128:
-            break
+    span, at = read_varint(blob, at, "mixing stream")
     if span >= 1 << 20 or at + (span + 8) // 8 > len(blob):
         raise CorruptDataError("mixing stream: its alphabet is truncated or corrupt")
     bits = np.unpackbits(np.frombuffer(blob, np.uint8, (span + 8) // 8, at), bitorder="little")[: span + 1]
