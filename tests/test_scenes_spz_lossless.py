@@ -1,10 +1,12 @@
 """Lossless scenes on .spz's grids: spz's integers, context coded (nzip.scenes.spz_lossless)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from nzip.cli import main as cli
-from nzip.errors import CorruptDataError
+from nzip.errors import ChecksumError, CorruptDataError, FormatError, TruncatedError
 from nzip.scenes import read_scene
 from nzip.scenes import spz_lossless
 from nzip.scenes.codec import decode_scene, encode_scene
@@ -95,6 +97,18 @@ def test_damaged_streams_are_refused(pod):
         spz_lossless.decode(blob, len(scene), scene.sh_degree, {**layout, "coder": "gzip"})
     with pytest.raises(CorruptDataError):  # format 7's streams read as format 6's
         spz_lossless.decode(blob, len(scene), scene.sh_degree, {**layout, "coder": "adaptive"})
+
+
+def test_damaged_format_7_files_are_refused_with_clear_errors(tmp_path):
+    """A format-7 .nzs cut short, with a flipped bit in its streams or without its magic."""
+    data = (Path(__file__).parent / "golden" / "v7_scene_spz2_lossless.nzs").read_bytes()
+    flipped = bytearray(data)
+    flipped[-len(data) // 3] ^= 0x08
+    for name, blob, error in (("short", data[: len(data) // 2], TruncatedError), ("flip", bytes(flipped), ChecksumError),
+                              ("magic", b"XXXX" + data[4:], FormatError)):
+        (tmp_path / f"{name}.nzs").write_bytes(blob)
+        with pytest.raises(error):
+            decode_scene(tmp_path / f"{name}.nzs")
 
 
 def test_quantize_reproduces_what_it_decodes_to():
