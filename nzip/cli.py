@@ -249,7 +249,9 @@ def _pack_scene(args, src: Path) -> None:
     a = src.stat().st_size
     _say(args, f"{src} : {len(scene)} Gaussians, SH degree {scene.sh_degree}, level {level}: "
                f"{a / report['bytes']:.1f}x smaller ({a} => {report['bytes']} bytes, "
-               f"{report['bytes'] / len(scene):.1f} B/Gaussian, {report['kept']} kept) -> {dst} "
+               f"{report['bytes'] / len(scene):.1f} B/Gaussian, {report['kept']} kept"
+               f"{', stored exactly: smaller than the lossy file' if report['exact'] and level != 'lossless' else ''}"
+               f") -> {dst} "
                f"in {time.perf_counter() - t0:.2f} s")
 
 

@@ -77,6 +77,27 @@ def test_scenes_off_the_grid_keep_their_float_bits(pod, tmp_path):
         assert "spz" not in box.metadata()
 
 
+def test_a_lossy_level_stores_a_grid_scene_exactly_where_that_is_smaller(pod, tmp_path):
+    """pod at high: the lossy file (1.58 MB at 44.9 dB) is larger than the sorted lossless
+    one (1.15 MB), which then takes its place; off the grid the lossy file stays."""
+    from nzip.formats import container
+
+    scene = read_scene(pod).subset(np.arange(4000))
+    report = encode_scene(scene, tmp_path / "a.nzs", level="high", views=0)
+    assert report["exact"] and report["level"] == "high"
+    back = decode_scene(tmp_path / "a.nzs")
+    assert np.array_equal(as_rows(back), as_rows(scene))
+    with container.Container(tmp_path / "a.nzs") as box:
+        assert box.metadata()["level"] == "high" and box.metadata()["spz"]["sorted"]
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+    scene.scales[7, 1] = np.nextafter(scene.scales[7, 1], np.float32(1))  # one ulp off the grid
+    lossy = encode_scene(scene, tmp_path / "b.nzs", level="high", views=0)
+    assert not lossy["exact"] and lossy["bytes"] > report["bytes"]
+    # where the lossy file is the smaller, it stays
+    small = encode_scene(read_scene(pod).subset(np.arange(4000)), tmp_path / "c.nzs", level="low", views=0)
+    assert not small["exact"] and small["bytes"] < report["bytes"]
+
+
 def test_unpack_to_spz_writes_the_same_arrays_back(pod, tmp_path):
     """v2 in, v2 out: the rotations are not moved onto v3's grid on the way back."""
     assert cli(["pack", str(pod), "-o", str(tmp_path / "a.nzs"), "--quality", "lossless", "-q"]) == 0
