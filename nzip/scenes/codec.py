@@ -73,7 +73,8 @@ spz stores, context coded (nzip.scenes.spz_lossless; format 7, meta "spz", by th
 context-mixing coder; format 6 files, by adaptive frequency tables, still decode):
 pod_sh3_v2.spz takes 0.69x its .spz where the float bits took 2.13x, and with any_order
 (the Gaussians sorted along a Morton curve; renders then differ where Gaussians tie
-exactly in depth) 0.60x.
+exactly in depth) 0.60x. A lossy level of such a scene is stored this way (sorted) where
+that file is the smaller: meta "level" names the level asked for, "spz" says how it is stored.
 
 The file is an nzip container (.nz format, magic, checksums and all) whose metadata holds
 {"nzip_scene": 7, "level", "count", "sh_degree", "tiers", "columns", ...}: `nzip info` and
