@@ -86,6 +86,7 @@ tiers stored as they are), 4 (level arrays as rows only), 5 and 6 still decode.
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 
 import numpy as np
@@ -410,7 +411,8 @@ def _exact_if_smaller(scene: Scene, path, meta: dict, threads: int) -> dict | No
     blob, layout = spz_lossless.encode(arrays, len(scene), scene.sh_degree, version, any_order=True)
     exact = {k: meta[k] for k in ("nzip_scene", "level", "count", "sh_degree", "antialiased")}
     exact["spz"] = {**layout, "fractional_bits": frac, "sorted": True}
-    other = f"{os.fspath(path)}.exact.tmp"
+    handle, other = tempfile.mkstemp(suffix=".nzs.tmp", dir=os.path.dirname(os.path.abspath(path)))
+    os.close(handle)
     try:
         header = container.write(other, [_item("spz.streams", np.frombuffer(blob, np.uint8))], metadata=exact,
                                  threads=threads, overwrite=True, header_room=0)
