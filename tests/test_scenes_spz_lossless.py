@@ -98,6 +98,26 @@ def test_a_lossy_level_stores_a_grid_scene_exactly_where_that_is_smaller(pod, tm
     assert not small["exact"] and small["bytes"] < report["bytes"]
 
 
+def test_lossy_levels_keep_positions_on_their_own_grid_where_it_is_no_finer(pod, tmp_path):
+    """pod's positions lie on 1/4096 steps, coarser than medium's cells: medium stores those
+    points exactly (every decoded position is an original one) and in fewer bytes than the
+    same scene moved a third of a step off its grid; low's cells are coarser, so it rounds."""
+    from scipy.spatial import cKDTree
+
+    scene = read_scene(pod).subset(np.arange(5000))
+    report = encode_scene(scene, tmp_path / "a.nzs", level="medium", views=0)
+    back = decode_scene(tmp_path / "a.nzs")
+    assert not report["exact"]
+    distance, _ = cKDTree(scene.positions).query(back.positions)
+    assert len(back) == len(scene) and np.all(distance == 0)
+    moved = scene.subset(np.arange(len(scene)))
+    moved.positions = moved.positions + np.float32(1 / 4096 / 3)
+    off = encode_scene(moved, tmp_path / "b.nzs", level="medium", views=0)
+    assert report["parts"]["positions"] < 0.7 * off["parts"]["positions"]
+    encode_scene(scene, tmp_path / "c.nzs", level="low", views=0)
+    assert np.any(cKDTree(scene.positions).query(decode_scene(tmp_path / "c.nzs").positions)[0] > 0)
+
+
 def test_unpack_to_spz_writes_the_same_arrays_back(pod, tmp_path):
     """v2 in, v2 out: the rotations are not moved onto v3's grid on the way back."""
     assert cli(["pack", str(pod), "-o", str(tmp_path / "a.nzs"), "--quality", "lossless", "-q"]) == 0

@@ -11,7 +11,9 @@ numbers below are low/medium/high's; compact takes medium's and the changes in L
   refinement bits per axis, as many as the Gaussian's opacity earns: all from alpha 1/4,
   one fewer per halving below (a position error d costs a render about (alpha x d)^2,
   whatever the size). Measured on guitar, positions alone: 66.5 -> 70.5 dB at the same
-  bytes as one 13-bit grid for all;
+  bytes as one 13-bit grid for all. Positions that already lie on a grid no finer than
+  those coarse cells (an .spz's 1/4096 steps) are stored on it instead, every one exactly
+  (_native_grid; pod at medium: positions 295 -> 144 KB, the file 14% smaller);
 - opacity: sigmoid(opacity) on 7/8/8 bits (medium's eighth bit: biker +1.3 dB for +1.3% bytes,
   guitar +0.4 dB for +1.1%; a steeper trade than any other step's);
 - importance tiers (format 2): each Gaussian gets a tier from log2(alpha x size) against
@@ -425,6 +427,24 @@ def _exact_if_smaller(scene: Scene, path, meta: dict, threads: int) -> dict | No
     return {"header": header, "meta": exact}
 
 
+def _native_grid(pos: np.ndarray, lo: np.ndarray, hi: np.ndarray, coarse_bits: int):
+    """Positions that already lie on a grid (an .spz's 1/4096) no finer than the level's
+    coarsest cells: (bits, 0 refinement bits, box) whose cell centres are those grid points
+    exactly, or None. The level would spend more bits for less: pod at medium stored 11-14
+    bits a axis for 10 bits of positions, 295 KB, and moved each Gaussian off its point."""
+    frac = spz_lossless.fractional_bits(pos)
+    if frac is None:
+        return None
+    step = 2.0 ** -frac
+    cells = int(np.rint((hi - lo).max() / step)) + 1
+    bits = max(1, (cells - 1).bit_length())
+    if step * 2.0 ** coarse_bits < (hi - lo).max() or bits > 21:  # finer than the level's cells
+        return None
+    # cell k's centre is lo - step/2 + (k + 1/2) step = lo + k step, exactly (powers of two)
+    low = lo - step / 2
+    return bits, 0, low, low + step * 2.0 ** bits
+
+
 def _lossy_items(scene: Scene, cfg: dict, meta: dict, seed: int, seen: np.ndarray | None = None) -> list[container.Item]:
     keep = _prune_mask(scene, cfg["prune"]) if cfg["prune"] else np.ones(len(scene), bool)
     up = cfg.get("seen_up", 1)  # how many tiers renders may move a Gaussian up
@@ -450,6 +470,9 @@ def _lossy_items(scene: Scene, cfg: dict, meta: dict, seed: int, seen: np.ndarra
     # as many as its opacity earns (_refinement), one array per bit plane
     bits, refine = cfg["position_bits"], cfg["position_refine"]
     lo, hi = pos.min(axis=0), pos.max(axis=0)
+    grid = _native_grid(pos, lo, hi, bits - refine)
+    if grid is not None:  # every Gaussian exactly where it was, in fewer bits
+        bits, refine, lo, hi = grid
     span = np.where(hi > lo, hi - lo, 1.0)
     fine = np.minimum(np.floor((pos - lo) / span * 2.0 ** bits), 2.0 ** bits - 1).astype(np.uint64)
     code = morton(fine >> np.uint64(refine))

@@ -52,7 +52,7 @@ def on_grid(scene: Scene) -> tuple[list[np.ndarray], int, int] | None:
     bits that decode to exactly `scene`'s floats; None when there are none."""
     if scene.normals is not None or scene.extra or len(scene) == 0:
         return None
-    frac = _fractional_bits(scene.positions)
+    frac = fractional_bits(scene.positions)
     if frac is None:
         return None
     n = len(scene)
@@ -88,7 +88,7 @@ def _wrong_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return bits.reshape(len(b), -1).any(axis=1)
 
 
-def _fractional_bits(positions: np.ndarray) -> int | None:
+def fractional_bits(positions: np.ndarray) -> int | None:
     """The fewest fractional bits (<= 23) that write every coordinate as a 24-bit integer."""
     p = positions.astype(np.float64)
     for frac in range(24):
