@@ -24,30 +24,38 @@ def assign(x: torch.Tensor, codebook: torch.Tensor, chunk: int = 1 << 15) -> tor
     return out
 
 
-def kmeans(x: torch.Tensor, k: int, seed: int = 0, iterations: int = ITERATIONS) -> torch.Tensor:
-    """A k x d codebook (k at most the number of distinct-ish rows available)."""
+def kmeans(x: torch.Tensor, k: int, seed: int = 0, iterations: int = ITERATIONS,
+           weights: torch.Tensor | None = None) -> torch.Tensor:
+    """A k x d codebook (k at most the number of distinct-ish rows available) minimising
+    the squared error, each row's weighted by `weights` (default: all alike)."""
     g = torch.Generator().manual_seed(seed)
-    fit = x[torch.randperm(len(x), generator=g)[:FIT_SAMPLE].to(x.device)] if len(x) > FIT_SAMPLE else x
+    w = torch.ones(len(x), dtype=x.dtype, device=x.device) if weights is None else weights.to(x)
+    if len(x) > FIT_SAMPLE:
+        pick = torch.randperm(len(x), generator=g)[:FIT_SAMPLE].to(x.device)
+        fit, w = x[pick], w[pick]
+    else:
+        fit = x
     k = min(k, len(fit))
     codebook = fit[torch.randperm(len(fit), generator=g)[:k].to(x.device)].clone()
     for _ in range(iterations):
         idx = assign(fit, codebook)
-        counts = torch.bincount(idx, minlength=k)
-        sums = torch.zeros_like(codebook).index_add_(0, idx, fit)
-        empty = counts == 0
-        codebook = torch.where(empty[:, None], codebook, sums / counts.clamp_min(1)[:, None])
+        mass = torch.zeros(k, dtype=fit.dtype, device=fit.device).index_add_(0, idx, w)
+        sums = torch.zeros_like(codebook).index_add_(0, idx, fit * w[:, None])
+        empty = mass <= 0
+        codebook = torch.where(empty[:, None], codebook, sums / torch.where(empty, 1, mass)[:, None])
         if empty.any():  # re-seed unused codewords on the worst-served vectors
-            err = ((fit - codebook[idx]) ** 2).sum(dim=1)
+            err = ((fit - codebook[idx]) ** 2).sum(dim=1) * w
             codebook[empty] = fit[torch.topk(err, int(empty.sum())).indices]
     return codebook
 
 
-def residual_vq(x: torch.Tensor, stages: list[int], seed: int = 0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def residual_vq(x: torch.Tensor, stages: list[int], seed: int = 0,
+                weights: torch.Tensor | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """(codebooks, indices) of len(stages) residual stages of the given codebook sizes."""
     residual = x.clone()
     books, indices = [], []
     for s, k in enumerate(stages):
-        book = kmeans(residual, k, seed + s)
+        book = kmeans(residual, k, seed + s, weights=weights)
         idx = assign(residual, book)
         residual -= book[idx]
         books.append(book)
