@@ -91,11 +91,18 @@ def _wrong_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def fractional_bits(positions: np.ndarray) -> int | None:
     """The fewest fractional bits (<= 23) that write every coordinate as a 24-bit integer."""
     p = positions.astype(np.float64)
-    for frac in range(24):
+
+    def whole(frac: int) -> bool:
         v = p * (1 << frac)
-        if np.all(v == np.rint(v)):
-            return frac if np.abs(v).max(initial=0) < (1 << 23) else None
-    return None
+        return bool(np.all(v == np.rint(v)))
+
+    if not whole(23):  # most float scenes: one pass, not 24
+        return None
+    low, high = -1, 23  # whole(high) holds, and it holds for every frac above the fewest
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if whole(mid) else (mid, high)
+    return high if np.abs(p * (1 << high)).max(initial=0) < (1 << 23) else None
 
 
 # -- the arrays as integers per Gaussian --------------------------------------------------
