@@ -92,6 +92,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -604,26 +605,29 @@ def _decode_lossy(t: dict, meta: dict) -> Scene:
         raise ValueError("opacity")
     omax = (1 << obits) - 1
     alpha = np.clip(t["opacity"].astype(np.float64) / omax, 0.25 / omax, 1 - 0.25 / omax)
-    bits = int(meta["position_bits"])
-    lo, hi = (np.asarray(b, np.float64) for b in meta["box"])
-    span = np.where(hi > lo, hi - lo, 1.0)
-    if version >= 4:
-        refine = int(meta["position_refine"])
-        if not 0 <= refine < bits <= 21:
-            raise ValueError("position bits")
-        earned = _refinement(t["opacity"], obits, refine, float(meta["position_alpha"]))
-        # the refinement bits, plus half of the cell they narrow the position down to
-        extra = np.repeat(np.exp2(refine - earned - 1)[:, None], 3, axis=1)
-        for j in range(1, refine + 1):
-            sel = earned >= j
-            plane = t[f"positions.refine{j}"]
-            if len(plane) != int(sel.sum()):
-                raise ValueError(f"position refinement {j}")
-            extra[sel] += ((plane[:, None] >> np.arange(3, dtype=np.uint8)) & 1) * float(1 << (refine - j))
-        coarse = unmorton(code).astype(np.float64) * float(1 << refine)
-        positions = (lo + (coarse + extra) / 2.0 ** bits * span).astype(np.float32)
-    else:
-        positions = (lo + unmorton(code).astype(np.float64) / ((1 << bits) - 1) * span).astype(np.float32)
+
+    def positions_of():
+        bits = int(meta["position_bits"])
+        lo, hi = (np.asarray(b, np.float64) for b in meta["box"])
+        span = np.where(hi > lo, hi - lo, 1.0)
+        if version >= 4:
+            refine = int(meta["position_refine"])
+            if not 0 <= refine < bits <= 21:
+                raise ValueError("position bits")
+            earned = _refinement(t["opacity"], obits, refine, float(meta["position_alpha"]))
+            # the refinement bits, plus half of the cell they narrow the position down to
+            extra = np.repeat(np.exp2(refine - earned - 1)[:, None], 3, axis=1)
+            for j in range(1, refine + 1):
+                sel = earned >= j
+                plane = t[f"positions.refine{j}"]
+                if len(plane) != int(sel.sum()):
+                    raise ValueError(f"position refinement {j}")
+                extra[sel] += ((plane[:, None] >> np.arange(3, dtype=np.uint8)) & 1) * float(1 << (refine - j))
+            coarse = unmorton(code).astype(np.float64) * float(1 << refine)
+            positions = (lo + (coarse + extra) / 2.0 ** bits * span).astype(np.float32)
+        else:
+            positions = (lo + unmorton(code).astype(np.float64) / ((1 << bits) - 1) * span).astype(np.float32)
+        return positions
 
     def group(g):
         stages = int(meta[f"{g}_stages"])
@@ -632,7 +636,12 @@ def _decode_lossy(t: dict, meta: dict) -> Scene:
 
     degree = int(meta["sh_degree"])
     k = {0: 0, 1: 3, 2: 8, 3: 15}[degree]
-    rest = group("rest").reshape(n, k, 3) if degree else np.zeros((n, 0, 3), np.float32)
+    # positions and SH rest on other cores while this one does the grids and rotations
+    # (numpy lets go of the GIL in its loops)
+    pool = ThreadPoolExecutor(2)
+    positions = pool.submit(positions_of)
+    rest = pool.submit(lambda: group("rest").reshape(n, k, 3) if degree else np.zeros((n, 0, 3), np.float32))
+    pool.shutdown(wait=False)
     # format 1 had no tiers: one tier, its arrays unsuffixed
     count = int(meta.get("tiers", 1))
     if not 1 <= count <= MAX_TIERS:
@@ -672,7 +681,7 @@ def _decode_lossy(t: dict, meta: dict) -> Scene:
     if largest.max(initial=0) > 3:
         raise ValueError("rotation index")
     rot = quaternions(levels, m, largest)
-    return Scene(positions=positions, sh_dc=dc.astype(np.float32), sh_rest=rest,
+    return Scene(positions=positions.result(), sh_dc=dc.astype(np.float32), sh_rest=rest.result(),
                  opacity=np.log(alpha / (1 - alpha)).astype(np.float32), scales=scales.astype(np.float32),
                  rotations=rot.astype(np.float32), antialiased=bool(meta.get("antialiased")))
 
