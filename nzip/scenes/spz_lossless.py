@@ -29,15 +29,15 @@ view of the orbit turned half a step. Otherwise the file's order is kept.
 
 from __future__ import annotations
 
-import os
+import functools
 import struct
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
 
 import numpy as np
 
 from ..codecs.entropy import adaptive, mixing
 from ..codecs.entropy.mixing import Model
 from ..errors import CorruptDataError
+from ..parallel import cores, pmap
 from .quantize import morton, unmorton, unzigzag, zigzag
 from .scene import SH_COEFFS, Scene
 from .spz import dequantize, quantize
@@ -149,11 +149,10 @@ class _Streams:
     """Streams written (or read back) in one fixed order, by the context-mixing coder
     (format 7) or, for files of format 6, the adaptive frequency-table coder."""
 
-    def __init__(self, blobs: list[bytes] | None = None, coder: str = "mixing", pool: Executor | None = None):
+    def __init__(self, blobs: list[bytes] | None = None, coder: str = "mixing"):
         self.blobs = [] if blobs is None else blobs
         self.at = 0
         self.coder = coder
-        self.pool = pool  # encoding: every value is known, so streams are coded side by side
 
     def code(self, values: np.ndarray | None, contexts: np.ndarray | None, n: int) -> np.ndarray:
         """Write `values` (encoding) or read n of them (decoding), under `contexts`."""
@@ -166,8 +165,8 @@ class _Streams:
 
     def mix(self, values: np.ndarray | None, models: list[Model], n: int) -> np.ndarray:
         """As code(), the probabilities mixed from several models (mixing coder only)."""
-        if values is not None:
-            self.blobs.append(self.pool.submit(mixing.encode, values, models) if self.pool else mixing.encode(values, models))
+        if values is not None:  # coded in pack(), side by side with the other streams
+            self.blobs.append(functools.partial(mixing.encode, values, models))
             return np.asarray(values, np.int64).reshape(-1)
         return mixing.decode(self._next(), models)
 
@@ -178,7 +177,9 @@ class _Streams:
         return self.blobs[self.at - 1]
 
     def pack(self) -> bytes:
-        self.blobs = [b.result() if isinstance(b, Future) else b for b in self.blobs]
+        # every value is known when encoding, so the streams are coded on all the cores (the
+        # coder lets go of the GIL): pod 5.1 -> 3.0 s
+        self.blobs = pmap(lambda b: b() if callable(b) else b, self.blobs, cores())
         return struct.pack(f"<I{len(self.blobs)}I", len(self.blobs), *map(len, self.blobs)) + b"".join(self.blobs)
 
     @classmethod
@@ -406,11 +407,9 @@ def encode(arrays: list[np.ndarray], n: int, degree: int, version: int, any_orde
         shift = 0 if sorted_positions else int(span.max()).bit_length() - MORTON_BITS
         cells = ((f["positions"] - f["positions"].min(axis=0)) >> shift).astype(np.uint64)
         f = _rows(f, np.argsort(morton(cells), kind="stable"))
-    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # the coder lets go of the GIL
-        s = _Streams(pool=pool)
-        _code(s, f, n, degree, version, sorted_positions)
-        blob = s.pack()
-    return blob, {"version": version, "sorted_positions": sorted_positions, "coder": "mixing"}
+    s = _Streams()
+    _code(s, f, n, degree, version, sorted_positions)
+    return s.pack(), {"version": version, "sorted_positions": sorted_positions, "coder": "mixing"}
 
 
 def decode(blob: bytes, n: int, degree: int, meta: dict) -> list[np.ndarray]:
