@@ -25,6 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from nzip.formats import container  # noqa: E402
 from nzip.scenes.codec import decode_scene, encode_scene  # noqa: E402
 from nzip.scenes.fidelity import fidelity, renders  # noqa: E402
 from nzip.scenes.render import orbit  # noqa: E402
@@ -38,11 +39,11 @@ SCENES = ["gsplat_alti_sh3.ply", "try_iter7000_sh3.ply", "pod_sh3_v2.spz"]
 def table(result: dict) -> str:
     lines = [f"Refinement on {result['device']} ({result['renderer']}); fidelity from 24 orbit cameras at 256x192, "
              "refinement trained on 48 others.", "",
-             "| scene | level | bytes | PSNR dB | SSIM | refined: steps, lr | bytes | PSNR dB | SSIM | gain dB | s |",
-             "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+             "| scene | level | bytes | PSNR dB | SSIM | refined: steps, lr | kept | bytes | PSNR dB | SSIM | gain dB | s |",
+             "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
         lines.append(f"| {r['scene']} | {r['level']} | {r['bytes']} | {r['psnr']:.2f} | {r['ssim']:.4f} | "
-                     f"{r['steps']}, {r['lr']:g} | {r['refined_bytes']} | {r['refined_psnr']:.2f} | "
+                     f"{r['steps']}, {r['lr']:g} | {r.get('kept', '')} | {r['refined_bytes']} | {r['refined_psnr']:.2f} | "
                      f"{r['refined_ssim']:.4f} | {r['refined_psnr'] - r['psnr']:+.2f} | {r['seconds']:.1f} |")
     return "\n".join(lines) + "\n"
 
@@ -88,14 +89,16 @@ def main() -> int:
                                        device=args.device)
                     seconds = time.perf_counter() - t0 - plain["seconds"]
                     got = fidelity(targets, decode_scene(work / "refined.nzs"), cams, device=args.device)
+                    with container.Container(work / "refined.nzs") as box:  # the steps the validation kept
+                        kept = box.metadata().get("refined_kept", 0)
                     row = {"scene": name, "gaussians": len(scene), "level": level, "bytes": plain["bytes"],
                            "psnr": base["psnr"], "ssim": base["ssim"], "steps": steps, "lr": lr,
-                           "refined_bytes": rep["bytes"], "refined_psnr": got["psnr"], "refined_ssim": got["ssim"],
+                           "kept": kept, "refined_bytes": rep["bytes"], "refined_psnr": got["psnr"], "refined_ssim": got["ssim"],
                            "seconds": seconds}
                     rows.append(row)
                     save(rows)  # after every row: a run cut short keeps what it measured
                     print(f"{name:24s} {level:7s} {plain['bytes']:8d} B {base['psnr']:6.2f} dB -> steps {steps:5d} "
-                          f"lr {lr:g}: {rep['bytes']:8d} B {got['psnr']:6.2f} dB ({got['psnr'] - base['psnr']:+.2f}) "
+                          f"lr {lr:g} (kept {kept}): {rep['bytes']:8d} B {got['psnr']:6.2f} dB ({got['psnr'] - base['psnr']:+.2f}) "
                           f"{seconds:6.1f} s", flush=True)
     result = save(rows)
     print(table(result))

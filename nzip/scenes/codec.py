@@ -569,9 +569,9 @@ def _refined(scene: Scene, items: list[container.Item], meta: dict, steps: int, 
 
     arrays = {it.name: np.frombuffer(it.raw, np.dtype(it.dtype.name)).reshape(it.shape) for it in items}
     stages = range(int(meta["rest_stages"]))
-    books = refine_codebooks(scene, _decode_lossy(arrays, meta), [arrays[f"rest.book{s}"] for s in stages],
-                             [arrays[f"rest.index{s}"] for s in stages], steps, device=device, progress=progress)
-    meta["refined_steps"] = steps
+    books, kept = refine_codebooks(scene, _decode_lossy(arrays, meta), [arrays[f"rest.book{s}"] for s in stages],
+                                   [arrays[f"rest.index{s}"] for s in stages], steps, device=device, progress=progress)
+    meta["refined_steps"], meta["refined_kept"] = steps, kept  # kept: the steps behind the codebooks stored
     new = {f"rest.book{s}": _item(f"rest.book{s}", book.astype(np.float16)) for s, book in zip(stages, books)}
     return [new.get(it.name, it) for it in items]
 

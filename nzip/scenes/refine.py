@@ -11,6 +11,13 @@ The training cameras are not the ones `fidelity` judges by: an orbit at other el
 (+-10 and +-35 degrees) and azimuths (half a step apart), so that a better score is not a
 fit to the judge's views. The renderer is nzip.scenes.render (differentiable, CPU or CUDA);
 on CUDA with gsplat installed, gsplat's rasteriser, about a thousand times faster.
+
+Refinement can also make things worse: where k-means' codebooks are already close (gsplat_alti
+at high: -1.4 dB after 2000 steps through gsplat), the steps' noise and gsplat's small
+differences from nzip's renderer outweigh what is left to gain. So a third set of cameras
+(`validation_cameras`, neither the judge's nor the training ones) is rendered with nzip's
+renderer before the first step and at CHECKS points along the way, and the codebooks that
+rendered closest there are the ones returned: the unrefined ones, if nothing did better.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from .render import NEAR, Camera, SceneTensors, orbit, render
 from .scene import Scene
 
 ELEVATIONS = (10, -10, 35, -35)
+VALIDATION_ELEVATIONS = (0, 25, -25)
+CHECKS = 8  # validations along the way (each renders every validation camera once)
 DEFAULT_LR = 1e-4  # Adam's step (codebook entries are ~0.01-0.3): best of a sweep on the H200 at 2000 steps
 
 
@@ -31,6 +40,12 @@ def training_cameras(scene: Scene, views: int = 48, width: int = 256, height: in
                      fov_deg: float = 60.0) -> list[Camera]:
     """render.orbit at the elevations ELEVATIONS in turn, azimuths half a step off its own."""
     return orbit(scene, views, width, height, fov_deg, elevations=ELEVATIONS, phase=0.5)
+
+
+def validation_cameras(scene: Scene, views: int = 12, width: int = 256, height: int = 192,
+                       fov_deg: float = 60.0) -> list[Camera]:
+    """render.orbit at VALIDATION_ELEVATIONS in turn, azimuths a quarter step off its own."""
+    return orbit(scene, views, width, height, fov_deg, elevations=VALIDATION_ELEVATIONS, phase=0.25)
 
 
 # gsplat.rasterization's settings that draw what render.render draws (black background)
@@ -91,10 +106,13 @@ def renderer(scene: Scene, device="cpu", use_gsplat: bool = True) -> Callable[[t
 def refine_codebooks(original: Scene, decoded: Scene, books: list[np.ndarray], indices: list[np.ndarray],
                      steps: int, lr: float | None = None, views: int = 48, size: tuple[int, int] = (256, 192),
                      device="cpu", use_gsplat: bool = True, progress: Callable[[int, float], None] | None = None,
-                     ) -> list[np.ndarray]:
+                     validation_views: int = 12) -> tuple[list[np.ndarray], int]:
     """The codebooks (stages of residual VQ of the SH rest, decoded.sh_rest = sum of
-    books[s][indices[s]]) after `steps` Adam steps, one training camera a step, on the
-    mean squared error between the clamped renders. float32 arrays, shaped as given."""
+    books[s][indices[s]]) after up to `steps` Adam steps, one training camera a step, on the
+    mean squared error between the clamped renders: those of the validation (0 to CHECKS of
+    the way, every steps // CHECKS) that rendered closest on `validation_views` held-out
+    cameras at half the size (0: no validation, the last ones), and how many steps they had taken (0: the
+    codebooks as given were the closest). float32 arrays, shaped as given."""
     cams = training_cameras(original, views, *size)
     target_draw = renderer(original, device, use_gsplat)
     rest0 = torch.as_tensor(original.sh_rest, dtype=torch.float32, device=device)
@@ -104,19 +122,50 @@ def refine_codebooks(original: Scene, decoded: Scene, books: list[np.ndarray], i
     params = [torch.tensor(b, dtype=torch.float32, device=device, requires_grad=True) for b in books]
     idx = [torch.as_tensor(i.astype(np.int64), device=device) for i in indices]
     opt = torch.optim.Adam(params, lr=DEFAULT_LR if lr is None else lr)
+
+    def current():
+        return sum(b[i] for b, i in zip(params, idx)).view(-1, k, 3)
+
+    # at half the training size: a quarter of the cost (on the CPU, 2 steps' validations cost
+    # more than the steps), and which codebooks render closer shows at any size
+    half = (max(size[0] // 2, 16), max(size[1] // 2, 16))
+    validate = _validator(original, decoded, validation_views, half, device) if validation_views else None
+    every = max(steps // CHECKS, 1)
+    best = (validate(current()), 0, [p.detach().clone() for p in params]) if validate else None
     for step in range(steps):
         cam = step % len(cams)
         if cam not in targets:
             with torch.no_grad():
                 targets[cam] = target_draw(rest0, cams[cam]).clamp(0, 1)
-        rest = sum(b[i] for b, i in zip(params, idx)).view(-1, k, 3)
-        loss = torch.mean((draw(rest, cams[cam]).clamp(0, 1) - targets[cam]) ** 2)
+        loss = torch.mean((draw(current(), cams[cam]).clamp(0, 1) - targets[cam]) ** 2)
         opt.zero_grad()
         loss.backward()
         opt.step()
         if progress is not None:
             progress(step, float(loss.detach()))
-    return [p.detach().cpu().numpy() for p in params]
+        if validate and ((step + 1) % every == 0 or step + 1 == steps):
+            error = validate(current())
+            if error < best[0]:
+                best = (error, step + 1, [p.detach().clone() for p in params])
+    if best is None:
+        return [p.detach().cpu().numpy() for p in params], steps
+    return [p.cpu().numpy() for p in best[2]], best[1]
 
 
-__all__ = ["GSPLAT_ARGS", "gsplat_cameras", "refine_codebooks", "renderer", "training_cameras"]
+def _validator(original: Scene, decoded: Scene, views: int, size: tuple[int, int], device) -> Callable:
+    """error(sh_rest): the mean squared error on the validation cameras, rendered by nzip's
+    renderer (the one fidelity judges with), against the original's renders."""
+    cams = validation_cameras(original, views, *size)
+    target_draw, draw = renderer(original, device, False), renderer(decoded, device, False)
+    with torch.no_grad():
+        rest0 = torch.as_tensor(original.sh_rest, dtype=torch.float32, device=device)
+        targets = [target_draw(rest0, c).clamp(0, 1) for c in cams]
+
+    def error(sh_rest: torch.Tensor) -> float:
+        with torch.no_grad():
+            return sum(float(torch.mean((draw(sh_rest, c).clamp(0, 1) - t) ** 2)) for c, t in zip(cams, targets))
+
+    return error
+
+
+__all__ = ["GSPLAT_ARGS", "gsplat_cameras", "refine_codebooks", "renderer", "training_cameras", "validation_cameras"]
