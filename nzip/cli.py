@@ -251,8 +251,17 @@ def _pack_scene(args, src: Path) -> None:
                f"{a / report['bytes']:.1f}x smaller ({a} => {report['bytes']} bytes, "
                f"{report['bytes'] / len(scene):.1f} B/Gaussian, {report['kept']} kept"
                f"{', stored exactly: smaller than the lossy file' if report['exact'] and level != 'lossless' else ''}"
+               f"{_refined_note(report['refined_kept'], args.refine)}"
                f") -> {dst} "
                f"in {time.perf_counter() - t0:.2f} s")
+
+
+def _refined_note(kept: int | None, steps: int) -> str:
+    if kept is None:
+        return ""
+    if kept == 0:
+        return f", k-means codebooks kept: {steps} refinement steps rendered no closer"
+    return f", codebooks refined ({kept} of {steps} steps rendered closest)"
 
 
 def _unpack_scene(args, src: Path) -> None:

@@ -97,3 +97,11 @@ def test_interrupt_leaves_no_partial_output(tmp_path, minilm_path):
     else:  # 130 from nzip's handler, or -SIGINT if the signal came during start-up
         assert p.returncode in (130, -signal.SIGINT)
     assert [f for f in os.listdir(tmp_path) if f.endswith(".tmp")] == []
+
+
+def test_pack_says_what_refinement_kept():
+    from nzip.cli import _refined_note
+
+    assert _refined_note(None, 0) == ""
+    assert "k-means codebooks kept" in _refined_note(0, 200)
+    assert "150 of 200 steps" in _refined_note(150, 200)

@@ -451,6 +451,7 @@ def test_encode_scene_refine_keeps_the_format(sh3, donut, tmp_path):
     with container.Container(tmp_path / "refined.nzs") as box:
         meta = box.metadata()
     assert meta["refined_steps"] == 2 and meta["refined_kept"] in (0, 1, 2)
+    assert report["refined_kept"] == meta["refined_kept"] and plain["refined_kept"] is None
     assert np.array_equal(a.sh_rest, b.sh_rest) == (meta["refined_kept"] == 0)
     encode_scene(donut, tmp_path / "sh0.nzs", level="low", refine=2)  # SH degree 0: no codebooks, nothing to do
     with pytest.raises(BadParameterError, match="refine"):

@@ -398,7 +398,7 @@ def encode_scene(scene: Scene, path: str | os.PathLike, level: str = "medium", o
         group = e["name"].split(".")[0]
         parts[group] = parts.get(group, 0) + e["size"]
     return {"level": level, "count": len(scene), "kept": meta.get("kept", len(scene)), "exact": "spz" in meta or level == "lossless",
-            "bytes": os.path.getsize(path),
+            "bytes": os.path.getsize(path), "refined_kept": meta.get("refined_kept"),
             "seconds": time.perf_counter() - t0, "parts": parts}
 
 
