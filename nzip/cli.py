@@ -288,21 +288,25 @@ def _unpack_scene(args, src: Path) -> None:
 
 
 def cmd_scene_eval(args) -> None:
-    from .scenes.fidelity import cameras_for, fidelity, side_by_side, write_png
+    from .scenes.fidelity import attribute_errors, cameras_for, fidelity, side_by_side, write_png
 
     original, decoded = read_any_scene(Path(args.original)), read_any_scene(Path(args.decoded))
     width, height = (int(v) for v in args.size.lower().split("x"))
     cams = cameras_for(original, args.original, args.views, width, height)
     report = fidelity(original, decoded, cams)
+    errors = attribute_errors(original, decoded)
     if args.png:
         write_png(side_by_side(original, decoded, cams), args.png)
     if args.json:
         print(json.dumps({"psnr": report["psnr"], "ssim": report["ssim"], "views": report["views"],
-                          "exact": report["exact"], "gaussians": [len(original), len(decoded)]}))
+                          "exact": report["exact"], "gaussians": [len(original), len(decoded)], "attributes": errors}))
     else:
         same = ", every render identical" if report["exact"] else ""
         print(f"PSNR {report['psnr']:.2f} dB, SSIM {report['ssim']:.4f} over {report['views']} views "
               f"({len(original)} vs {len(decoded)} Gaussians{same})")
+        names = [k for k in ("position", "opacity", "colour", "sh_rest", "covariance") if k in errors]
+        print("per attribute (rms / max; each decoded Gaussian against its nearest original): "
+              + ", ".join(f"{k} {errors[k]['rms']:.3g} / {errors[k]['max']:.3g}" for k in names))
 
 
 def _pack_folder(args, src: Path) -> None:

@@ -514,8 +514,13 @@ def test_cli_pack_unpack_and_eval(scenes_dir, tmp_path):
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["views"] == 4 and report["psnr"] > 35 and report["exact"] is False
+    errors = report["attributes"]
+    assert errors["matched"] == report["gaussians"][1] and 0 < errors["covariance"]["rms"] < 0.2
     same = json.loads(nzip_cli("scene-eval", src, src, "--json", "--views", 2, "--size", "32x24").stdout)
     assert same["exact"] is True and same["psnr"] == 100
+    assert all(v["max"] == 0 for k, v in same["attributes"].items() if isinstance(v, dict))
+    text = nzip_cli("scene-eval", src, tmp_path / "d.nzs", "--views", 2, "--size", "32x24").stdout
+    assert "per attribute" in text and "covariance" in text
     assert (tmp_path / "cmp.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert read_scene(tmp_path / "d.spz").sh_degree == 0
     bad = tmp_path / "empty.ply"
@@ -528,3 +533,39 @@ def test_cli_pack_unpack_and_eval(scenes_dir, tmp_path):
     assert decode_scene(tmp_path / "r.nzs").sh_degree == 3
     res = nzip_cli("pack", tmp_path / "cmp.png", "-o", tmp_path / "i.nzi", "--refine", 5)
     assert res.returncode == 1 and "--refine" in res.stderr and not (tmp_path / "i.nzi").exists()
+
+
+def test_lossy_rows_name_each_stored_gaussians_original(sh3, tmp_path):
+    """The hook tools use to compare codings Gaussian by Gaussian (tools/bench_geometry_vq.py)."""
+    from nzip.formats import container
+    from nzip.scenes.codec import FORMAT, LEVELS, _lossy_items
+
+    meta = {"nzip_scene": FORMAT, "level": "low", "count": len(sh3), "sh_degree": sh3.sh_degree, "antialiased": False}
+    rows: list = []
+    items = _lossy_items(sh3, LEVELS["low"], meta, 0, None, rows=rows)
+    container.write(tmp_path / "m.nzs", items, metadata=meta, overwrite=True)
+    decoded, r = decode_scene(tmp_path / "m.nzs"), rows[0]
+    assert len(r) == len(decoded) < len(sh3) and len(np.unique(r)) == len(r)  # low drops its weakest tier
+    lo, hi = (np.asarray(b) for b in meta["box"])
+    cell = (hi - lo) / 2.0 ** (meta["position_bits"] - meta["position_refine"])
+    assert np.all(np.abs(decoded.positions - sh3.positions[r]) <= cell * 0.5001)  # the cell centre, up to float32 rounding
+    assert np.abs(decoded.sh_dc - sh3.sh_dc[r]).max() < LEVELS["low"]["dc_step"] * 4
+
+
+def test_attribute_errors_match_reordered_gaussians_and_measure_each_attribute(sh3):
+    from nzip.scenes.fidelity import SH_C0, attribute_errors, match
+
+    perm = np.random.default_rng(0).permutation(len(sh3))
+    shuffled = sh3.subset(perm)
+    found = match(sh3, shuffled)
+    assert np.array_equal(sh3.positions[found], shuffled.positions)  # the same place (duplicates aside)
+    zero = attribute_errors(sh3, shuffled)
+    assert all(zero[k]["max"] == 0 for k in ("position", "opacity", "colour", "sh_rest", "covariance"))
+    # each attribute moved on its own shows in its own error only
+    moved = shuffled.subset(np.arange(len(shuffled)))
+    moved.sh_dc = moved.sh_dc + np.float32(0.1)
+    moved.scales = moved.scales + np.float32(np.log(1.1))  # every axis 10% longer: covariance 21% larger
+    e = attribute_errors(sh3, moved.subset(np.arange(len(moved) // 2)))
+    assert e["matched"] == len(moved) // 2 and e["of"] == len(sh3) and e["position"]["max"] == 0
+    assert e["colour"]["rms"] == pytest.approx(0.1 * SH_C0, rel=1e-3)
+    assert e["covariance"]["rms"] == pytest.approx(0.21, rel=1e-3) and e["opacity"]["max"] == 0

@@ -452,7 +452,10 @@ def _native_grid(pos: np.ndarray, lo: np.ndarray, hi: np.ndarray, coarse_bits: i
     return bits, 0, low, low + step * 2.0 ** bits
 
 
-def _lossy_items(scene: Scene, cfg: dict, meta: dict, seed: int, seen: np.ndarray | None = None) -> list[container.Item]:
+def _lossy_items(scene: Scene, cfg: dict, meta: dict, seed: int, seen: np.ndarray | None = None,
+                 rows: list | None = None) -> list[container.Item]:
+    """The arrays of a lossy level; rows (for tools that compare codings Gaussian by
+    Gaussian) gets the scene's row of each stored Gaussian, in the stored order."""
     keep = _prune_mask(scene, cfg["prune"]) if cfg["prune"] else np.ones(len(scene), bool)
     up = cfg.get("seen_up", 1)  # how many tiers renders may move a Gaussian up
     if cfg.get("drop_tiers"):  # the least important tiers are not stored at all (low)
@@ -485,6 +488,8 @@ def _lossy_items(scene: Scene, cfg: dict, meta: dict, seed: int, seen: np.ndarra
     code = morton(fine >> np.uint64(refine))
     order = np.argsort(code, kind="stable")
     code, fine = code[order], fine[order]
+    if rows is not None:
+        rows.append(np.flatnonzero(keep)[order])
     deltas = np.diff(code, prepend=np.uint64(0))
     obits = cfg["opacity_bits"]
     meta.update(kept=int(n), position_bits=bits, position_refine=refine, position_alpha=POSITION_ALPHA,
