@@ -305,7 +305,7 @@ def cmd_scene_eval(args) -> None:
         print(f"PSNR {report['psnr']:.2f} dB, SSIM {report['ssim']:.4f} over {report['views']} views "
               f"({len(original)} vs {len(decoded)} Gaussians{same})")
         names = [k for k in ("position", "opacity", "colour", "sh_rest", "covariance") if k in errors]
-        print("per attribute (rms / max; each decoded Gaussian against its nearest original): "
+        print("per attribute (rms / max; each decoded Gaussian against the original it most likely came from): "
               + ", ".join(f"{k} {errors[k]['rms']:.3g} / {errors[k]['max']:.3g}" for k in names))
 
 

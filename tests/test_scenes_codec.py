@@ -563,9 +563,25 @@ def test_attribute_errors_match_reordered_gaussians_and_measure_each_attribute(s
     assert all(zero[k]["max"] == 0 for k in ("position", "opacity", "colour", "sh_rest", "covariance"))
     # each attribute moved on its own shows in its own error only
     moved = shuffled.subset(np.arange(len(shuffled)))
-    moved.sh_dc = moved.sh_dc + np.float32(0.1)
-    moved.scales = moved.scales + np.float32(np.log(1.1))  # every axis 10% longer: covariance 21% larger
+    # (small changes, as a codec's: matching weighs them with the position)
+    moved.sh_dc = moved.sh_dc + np.float32(0.01)
+    moved.scales = moved.scales + np.float32(np.log(1.01))  # every axis 1% longer: covariance 2.01% larger
     e = attribute_errors(sh3, moved.subset(np.arange(len(moved) // 2)))
-    assert e["matched"] == len(moved) // 2 and e["of"] == len(sh3) and e["position"]["max"] == 0
-    assert e["colour"]["rms"] == pytest.approx(0.1 * SH_C0, rel=1e-3)
-    assert e["covariance"]["rms"] == pytest.approx(0.21, rel=1e-3) and e["opacity"]["max"] == 0
+    assert e["matched"] == len(moved) // 2 and e["of"] == len(sh3)
+    # matching weighs what Gaussians draw too, so in try_iter's clumps of near-clones a few
+    # pick a neighbour whose colour is nearer the moved one: the errors stay what was done
+    assert e["position"]["rms"] < 0.01 and e["opacity"]["rms"] < 0.01
+    assert e["colour"]["rms"] == pytest.approx(0.01 * SH_C0, rel=0.1)
+    assert e["covariance"]["rms"] == pytest.approx(0.0201, rel=0.1)
+
+
+def test_matching_weighs_what_gaussians_draw_in_dense_clusters(scenes_dir, tmp_path):
+    """gsplat_alti packs Gaussians closer than high's grid cells: by position alone its
+    opacity error at medium came out 0.31 (the wrong neighbours), by position and what
+    they draw 0.011."""
+    from nzip.scenes.fidelity import attribute_errors
+
+    scene = read_scene(scenes_dir / "gsplat_alti_sh3.ply")
+    encode_scene(scene, tmp_path / "m.nzs", level="medium", views=0)
+    e = attribute_errors(scene, decode_scene(tmp_path / "m.nzs"))
+    assert e["opacity"]["rms"] < 0.03 and e["covariance"]["rms"] < 0.4
