@@ -538,9 +538,9 @@ def test_cli_pack_unpack_and_eval(scenes_dir, tmp_path):
 def test_lossy_rows_name_each_stored_gaussians_original(sh3, tmp_path):
     """The hook tools use to compare codings Gaussian by Gaussian (tools/bench_geometry_vq.py)."""
     from nzip.formats import container
-    from nzip.scenes.codec import FORMAT, LEVELS, _lossy_items
+    from nzip.scenes.codec import LEVELS, _head, _lossy_items
 
-    meta = {"nzip_scene": FORMAT, "level": "low", "count": len(sh3), "sh_degree": sh3.sh_degree, "antialiased": False}
+    meta = _head(sh3, "low")
     rows: list = []
     items = _lossy_items(sh3, LEVELS["low"], meta, 0, None, rows=rows)
     container.write(tmp_path / "m.nzs", items, metadata=meta, overwrite=True)

@@ -34,7 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 from nzip.formats import container  # noqa: E402
 from nzip.scenes import Scene  # noqa: E402
-from nzip.scenes.codec import LEVELS, FORMAT, _alpha, _lossy_items, _seen_factor, _size, _sized_item, decode_scene  # noqa: E402
+from nzip.scenes.codec import LEVELS, _head, _lossy_items, _seen_factor, _size, _sized_item, decode_scene  # noqa: E402
+from nzip.scenes.scene import alpha_of  # noqa: E402
 from nzip.scenes.fidelity import fidelity, renders  # noqa: E402
 from nzip.scenes.quantize import residual_vq, rvq_decode  # noqa: E402
 from nzip.scenes.render import orbit  # noqa: E402
@@ -49,8 +50,7 @@ GEOMETRY = ("scale", "rotation")  # the .nzs arrays named so (not the tiers, whi
 def medium(scene: Scene, path: Path) -> tuple[Scene, np.ndarray, int]:
     """(medium decoded, the original's row of each decoded Gaussian, the grids' scale and
     rotation bytes)."""
-    meta = {"nzip_scene": FORMAT, "level": "medium", "count": len(scene), "sh_degree": scene.sh_degree,
-            "antialiased": scene.antialiased}
+    meta = _head(scene, "medium")
     rows: list = []
     items = _lossy_items(scene, LEVELS["medium"], meta, 0, visibility(scene, VIEWS), rows=rows)
     header = container.write(path, items, metadata=meta, overwrite=True, header_room=0)
@@ -64,8 +64,7 @@ def codebooks(values: np.ndarray, stages: int, k: int, weights: torch.Tensor | N
     books16 = [b.numpy().astype(np.float16) for b in books]
     size = sum(b.nbytes for b in books16)
     size += sum(_sized_item(f"i{s}", i.numpy().astype(np.uint8))[1] for s, i in enumerate(indices))
-    back = rvq_decode([b.astype(np.float32) for b in books16], [i.numpy() for i in indices])
-    return back.numpy() if isinstance(back, torch.Tensor) else back, size
+    return rvq_decode([b.astype(np.float32) for b in books16], [i.numpy() for i in indices]), size
 
 
 def table(result: dict) -> str:
@@ -107,7 +106,7 @@ def main() -> int:
         q = scene.rotations[rows].astype(np.float64)
         q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
         q = np.where(q[:, :1] < 0, -q, q)  # w >= 0: q and -q are the same rotation
-        alpha, size = _alpha(scene.opacity[rows]), _size(scene.scales[rows])
+        alpha, size = alpha_of(scene.opacity[rows]), _size(scene.scales[rows])
         weight = (alpha * size * _seen_factor(alpha, size, None)) ** 2
         weight = torch.as_tensor(weight / max(weight.mean(), 1e-300), dtype=torch.float32)
         for weighted in (False, True):

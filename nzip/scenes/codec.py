@@ -106,7 +106,7 @@ from . import spz_lossless
 from .frames import canonical, quaternions
 from .quantize import morton, residual_vq, rvq_decode, unmorton, unzigzag, zigzag
 from .rounding import round_shapes
-from .scene import Scene
+from .scene import Scene, alpha_of
 from .spz import dequantize
 from .visibility import AUTO_MAX, VIEWS, visibility
 
@@ -175,13 +175,8 @@ def _index_dtype(k: int):
     return np.uint8 if k <= 256 else np.uint16
 
 
-def _alpha(opacity: np.ndarray) -> np.ndarray:
-    """Opacity logits as alpha in (0, 1), float64."""
-    return 1 / (1 + np.exp(-opacity.astype(np.float64)))
-
-
 def _prune_mask(scene: Scene, mode: int) -> np.ndarray:
-    alpha = _alpha(scene.opacity)
+    alpha = alpha_of(scene.opacity)
     keep = alpha >= 1 / 255
     if mode >= 2:
         extent = float(np.linalg.norm(np.percentile(scene.positions, 95, axis=0) - np.percentile(scene.positions, 5, axis=0)))
@@ -197,7 +192,7 @@ def _tiers(opacity: np.ndarray, scales: np.ndarray, count: int, seen: np.ndarray
     minimise the error at a given rate are inversely proportional to alpha * size: a tier
     up halves them; with seen, times _seen_factor (at most `up` tiers up). Chosen by the encoder and stored, so
     that the decoder follows it exactly."""
-    alpha, size = _alpha(opacity), _size(scales)
+    alpha, size = alpha_of(opacity), _size(scales)
     return _tier_of(alpha * size * _seen_factor(alpha, size, seen, up), count)
 
 
@@ -258,7 +253,7 @@ def _rotation_tiers(opacity: np.ndarray, scales: np.ndarray, count: int, seen: n
     outline by about its elongation times d, and a round one not at all. Measured at the
     same rotation bytes (medium): guitar +3.1 dB, biker +1.1, gsplat_alti +0.7 (and 9% fewer
     rotation bytes), donut +0.0."""
-    alpha = _alpha(opacity)
+    alpha = alpha_of(opacity)
     axes = np.exp(np.sort(scales.astype(np.float64), axis=1))
     return _tier_of(alpha * (axes[:, 2] - axes[:, 0]) * _seen_factor(alpha, _size(scales), seen, up), count)
 
@@ -366,8 +361,7 @@ def encode_scene(scene: Scene, path: str | os.PathLike, level: str = "medium", o
         raise FormatError("the scene holds no Gaussians")
     scene.check_finite()
     t0 = time.perf_counter()
-    head = {"nzip_scene": FORMAT, "level": level, "count": len(scene), "sh_degree": scene.sh_degree,
-            "antialiased": scene.antialiased}
+    head = _head(scene, level)
     meta = dict(head)
     found = spz_lossless.on_grid(scene) if level == "lossless" else None
     if found is not None:
@@ -400,6 +394,12 @@ def encode_scene(scene: Scene, path: str | os.PathLike, level: str = "medium", o
     return {"level": level, "count": len(scene), "kept": meta.get("kept", len(scene)), "exact": "spz" in meta or level == "lossless",
             "bytes": os.path.getsize(path), "refined_kept": meta.get("refined_kept"),
             "seconds": time.perf_counter() - t0, "parts": parts}
+
+
+def _head(scene: Scene, level: str) -> dict:
+    """The metadata every scene file has."""
+    return {"nzip_scene": FORMAT, "level": level, "count": len(scene), "sh_degree": scene.sh_degree,
+            "antialiased": scene.antialiased}
 
 
 def _spz_items(scene: Scene, found: tuple, any_order: bool, meta: dict) -> list[container.Item]:
@@ -503,7 +503,7 @@ def _lossy_items(scene: Scene, cfg: dict, meta: dict, seed: int, seen: np.ndarra
     # (nzip.scenes.frames): the same ellipsoids, 3.8% fewer bytes on guitar
     rotations, scales = canonical(take(scene.rotations), take(scene.scales))
 
-    opacity = np.rint(_alpha(take(scene.opacity)) * ((1 << obits) - 1)).astype(np.uint8)
+    opacity = np.rint(alpha_of(take(scene.opacity)) * ((1 << obits) - 1)).astype(np.uint8)
     items.append(_item("opacity", opacity))
     earned = _refinement(opacity, obits, refine, POSITION_ALPHA)
     for j in range(1, refine + 1):
@@ -557,7 +557,7 @@ def _lossy_items(scene: Scene, cfg: dict, meta: dict, seed: int, seen: np.ndarra
         # size)^2 as for the tiers: medium, same bytes, gsplat_alti 48.4 -> 57.5 dB,
         # try_iter 47.6 -> 49.0, pod 40.6 -> 42.0 (unweighted, codewords went to the many
         # faint Gaussians)
-        alpha, size = _alpha(take(scene.opacity)), _size(take(scene.scales))
+        alpha, size = alpha_of(take(scene.opacity)), _size(take(scene.scales))
         weight = (alpha * size * _seen_factor(alpha, size, None if seen is None else take(seen), up)) ** 2
         weight = torch.as_tensor(weight / max(weight.mean(), 1e-300), dtype=torch.float32)
         books, indices = residual_vq(torch.as_tensor(np.asarray(data, np.float32)), stages, seed, weights=weight)

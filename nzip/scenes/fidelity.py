@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from .quantize import morton
 from .render import Camera, SceneTensors, _rotation_matrices, orbit, render
-from .scene import Scene
+from .scene import Scene, alpha_of
 
 
 IDENTICAL_DB = 100.0
@@ -107,7 +107,7 @@ SH_C0 = 0.28209479177387814  # colour per unit of SH DC
 
 def _attributes(scene: Scene, spreads: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(alpha, DC and sorted log scales, each over its spread in the original; the spreads)."""
-    attrs = np.concatenate([(1 / (1 + np.exp(-scene.opacity.astype(np.float64))))[:, None],
+    attrs = np.concatenate([alpha_of(scene.opacity)[:, None],
                             scene.sh_dc.astype(np.float64), np.sort(scene.scales.astype(np.float64), axis=1)], axis=1)
     if spreads is None:
         spreads = np.maximum(attrs.std(axis=0), 1e-12)
@@ -131,33 +131,26 @@ def match(original: Scene, decoded: Scene, window: int = MATCH_WINDOW) -> np.nda
     spacing = float(np.prod(extent) / len(p)) ** (1 / 3)
     ap, spreads = _attributes(original)
     aq, _ = _attributes(decoded, spreads)
-    return _nearest(p, q, ap, aq, np.full(len(q), spacing), lo, span, window)[0]
-
-
-def _nearest(p: np.ndarray, q: np.ndarray, ap: np.ndarray, aq: np.ndarray, reach: np.ndarray, lo, span,
-             window: int) -> tuple[np.ndarray, np.ndarray]:
-    """(for each row of q, the row of p nearest it among its Morton neighbours (`match`) by
-    |dp|^2 / reach^2 + |da|^2 over the attributes ap/aq, that distance)."""
     best, best_d = np.zeros(len(q), np.int64), np.full(len(q), np.inf)
     for offset in (0, (1 << 20) // 3, (2 << 20) // 3):  # in cells of 2^20 across the box
         def codes(x):
             cells = np.clip(np.floor((x - lo) / span * 2.0 ** 20) + offset, 0, 2 ** 21 - 1)
             return morton(cells.astype(np.uint64))
 
-        order = np.argsort(codes(p), kind="stable")
-        sorted_p, at = p[order], np.searchsorted(codes(p)[order], codes(q))
-        sorted_a = ap[order]
+        cp = codes(p)
+        order = np.argsort(cp, kind="stable")
+        sorted_p, sorted_a, at = p[order], ap[order], np.searchsorted(cp[order], codes(q))
         for a in range(0, len(q), 1 << 14):
             b = min(len(q), a + (1 << 14))
             cand = np.clip(at[a:b, None] + np.arange(-window, window)[None, :], 0, len(p) - 1)
-            d = ((sorted_p[cand] - q[a:b, None, :]) ** 2).sum(axis=2) / reach[a:b, None] ** 2
+            d = ((sorted_p[cand] - q[a:b, None, :]) ** 2).sum(axis=2) / spacing ** 2
             d += ((sorted_a[cand] - aq[a:b, None, :]) ** 2).sum(axis=2)
             k = d.argmin(axis=1)
             dk = d[np.arange(b - a), k]
             better = dk < best_d[a:b]
             best[a:b] = np.where(better, order[cand[np.arange(b - a), k]], best[a:b])
             best_d[a:b] = np.minimum(dk, best_d[a:b])
-    return best, best_d
+    return best
 
 
 def _covariances(scene: Scene, rows=slice(None)) -> torch.Tensor:
@@ -180,12 +173,9 @@ def attribute_errors(original: Scene, decoded: Scene) -> dict:
         err = np.abs(np.asarray(err, np.float64)).reshape(len(rows), -1)
         return {"rms": float(np.sqrt(np.mean(err ** 2))) if err.size else 0.0, "max": float(err.max(initial=0))}
 
-    def alpha(x):
-        return 1 / (1 + np.exp(-x.astype(np.float64)))
-
     out = {"matched": int(len(rows)), "of": len(original),
            "position": stats(np.linalg.norm(decoded.positions.astype(np.float64) - original.positions[rows], axis=1)),
-           "opacity": stats(alpha(decoded.opacity) - alpha(original.opacity[rows])),
+           "opacity": stats(alpha_of(decoded.opacity) - alpha_of(original.opacity[rows])),
            "colour": stats((decoded.sh_dc.astype(np.float64) - original.sh_dc[rows]) * SH_C0)}
     if original.sh_rest.shape[1:] == decoded.sh_rest.shape[1:]:
         out["sh_rest"] = stats(decoded.sh_rest.astype(np.float64) - original.sh_rest[rows])

@@ -129,7 +129,7 @@ def refine_codebooks(original: Scene, decoded: Scene, books: list[np.ndarray], i
     # at half the training size: a quarter of the cost (on the CPU, 2 steps' validations cost
     # more than the steps), and which codebooks render closer shows at any size
     half = (max(size[0] // 2, 16), max(size[1] // 2, 16))
-    validate = _validator(original, decoded, validation_views, half, device) if validation_views else None
+    validate = _validator(original, decoded, rest0, validation_views, half, device) if validation_views else None
     every = max(steps // CHECKS, 1)
     best = (validate(current()), 0, [p.detach().clone() for p in params]) if validate else None
     for step in range(steps):
@@ -152,13 +152,13 @@ def refine_codebooks(original: Scene, decoded: Scene, books: list[np.ndarray], i
     return [p.cpu().numpy() for p in best[2]], best[1]
 
 
-def _validator(original: Scene, decoded: Scene, views: int, size: tuple[int, int], device) -> Callable:
+def _validator(original: Scene, decoded: Scene, rest0: torch.Tensor, views: int, size: tuple[int, int],
+               device) -> Callable:
     """error(sh_rest): the mean squared error on the validation cameras, rendered by nzip's
-    renderer (the one fidelity judges with), against the original's renders."""
+    renderer (the one fidelity judges with), against the original's (its SH rest: rest0)."""
     cams = validation_cameras(original, views, *size)
     target_draw, draw = renderer(original, device, False), renderer(decoded, device, False)
     with torch.no_grad():
-        rest0 = torch.as_tensor(original.sh_rest, dtype=torch.float32, device=device)
         targets = [target_draw(rest0, c).clamp(0, 1) for c in cams]
 
     def error(sh_rest: torch.Tensor) -> float:

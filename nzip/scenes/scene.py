@@ -25,6 +25,11 @@ def sh_degree_of(k: int) -> int:
     raise FormatError(f"{k} higher-order SH coefficients per channel is no SH degree (0, 3, 8 or 15 expected)")
 
 
+def alpha_of(opacity: np.ndarray) -> np.ndarray:
+    """Opacity logits as alpha in (0, 1), float64."""
+    return 1 / (1 + np.exp(-opacity.astype(np.float64)))
+
+
 @dataclass
 class Scene:
     positions: np.ndarray  # N x 3 float32
