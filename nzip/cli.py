@@ -71,8 +71,8 @@ def cmd_pack(args) -> None:
         return _pack_folder(args, src)
     if src.suffix.lower() in SCENE_SUFFIXES:
         return _pack_scene(args, src)
-    if args.refine or args.device or args.any_order:
-        raise NzipError("--refine, --device and --any-order are for Gaussian-splat scenes (.ply, .spz)")
+    if args.refine or args.device or args.any_order or args.geometry or args.geometry_stages:
+        raise NzipError("--refine, --device, --any-order and --geometry are for Gaussian-splat scenes (.ply, .spz)")
     if src.suffix.lower() in IMAGE_SUFFIXES:
         return _pack_image(args, src)
     if src.suffix.lower() == ".npy":
@@ -240,11 +240,16 @@ def _pack_scene(args, src: Path) -> None:
         raise NzipError(f"--quality for scenes is one of {', '.join(SCENE_LEVELS)}, got {level!r}")
     if args.any_order and level != "lossless":
         raise NzipError("--any-order is for --quality lossless (the lossy levels sort the Gaussians anyway)")
+    if args.geometry_stages and args.geometry != "codebooks":
+        raise NzipError("--geometry-stages is for --geometry codebooks")
+    geometry = {"geometry": args.geometry} if args.geometry else {}
+    if args.geometry_stages:
+        geometry["geometry_stages"] = args.geometry_stages
     device = args.device or ("cuda" if args.refine and _cuda() else "cpu")
     steps = _progress(args, args.refine, "refining codebooks", unit="step") if args.refine else contextlib.nullcontext()
     with steps as bar:
         report = encode_scene(scene, dst, level=level, overwrite=args.force, threads=args.threads,
-                              refine=args.refine, device=device, views=args.views, any_order=args.any_order,
+                              refine=args.refine, device=device, views=args.views, any_order=args.any_order, **geometry,
                               progress=(lambda step, loss: bar.update(1)) if bar is not None else None)
     a = src.stat().st_size
     _say(args, f"{src} : {len(scene)} Gaussians, SH degree {scene.sh_degree}, level {level}: "
@@ -484,6 +489,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--any-order", action="store_true",
                     help="scenes, lossless: the same Gaussians may come back in another order (renders then differ "
                          "where Gaussians tie in depth); a scene on .spz's grids is then sorted, about 10%% smaller")
+    sp.add_argument("--geometry", choices=("grids", "codebooks"),
+                    help="scenes, lossy: scales and rotations on grids (default) or as residual codebooks of 64 "
+                         "codewords as in Compact 3D Gaussian Splatting (about twice the bytes for the same renders)")
+    sp.add_argument("--geometry-stages", type=int, metavar="N",
+                    help="scenes, --geometry codebooks: how many residual stages (default 6, as in the paper)")
     sp.add_argument("--device", help="scenes: where --refine (and --views) render, cpu or cuda "
                                      "(default: cuda when present and --refine is on)")
     common(sp)

@@ -74,6 +74,8 @@ def test_golden_scenes():
     expected_refined = np.load(HERE / "v4_scene_medium_decoded.npz")
     columns = decode_scene(HERE / "v5_scene_medium.nzs")  # format 5: level arrays as columns
     expected_columns = np.load(HERE / "v5_scene_medium_decoded.npz")
+    codebooks = decode_scene(HERE / "v8_scene_medium_codebooks.nzs")  # format 8: geometry codebooks
+    expected_codebooks = np.load(HERE / "v8_scene_medium_codebooks_decoded.npz")
     for field in ("positions", "sh_dc", "sh_rest", "opacity", "scales", "rotations"):
         assert np.array_equal(getattr(exact, field), getattr(scene, field)), field
         assert np.array_equal(getattr(medium, field), expected[field]), field
@@ -81,6 +83,7 @@ def test_golden_scenes():
         assert np.array_equal(getattr(rotation_tiered, field), expected_rotation_tiered[field]), field
         assert np.array_equal(getattr(refined, field), expected_refined[field]), field
         assert np.array_equal(getattr(columns, field), expected_columns[field]), field
+        assert np.array_equal(getattr(codebooks, field), expected_codebooks[field]), field
 
 
 @pytest.mark.parametrize("version", [6, 7])

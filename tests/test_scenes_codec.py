@@ -500,6 +500,8 @@ def test_bad_scene_input(donut, tmp_path):
 
 
 def test_cli_pack_unpack_and_eval(scenes_dir, tmp_path):
+    from nzip.formats import container
+
     src = scenes_dir / "v3dg_donut_fused.ply"
 
     def nzip_cli(*args):
@@ -533,23 +535,65 @@ def test_cli_pack_unpack_and_eval(scenes_dir, tmp_path):
     assert decode_scene(tmp_path / "r.nzs").sh_degree == 3
     res = nzip_cli("pack", tmp_path / "cmp.png", "-o", tmp_path / "i.nzi", "--refine", 5)
     assert res.returncode == 1 and "--refine" in res.stderr and not (tmp_path / "i.nzi").exists()
+    res = nzip_cli("pack", src, "-o", tmp_path / "c.nzs", "--quality", "low", "--geometry", "codebooks",
+                   "--geometry-stages", 2, "--views", 0)
+    assert res.returncode == 0, res.stderr
+    with container.Container(tmp_path / "c.nzs") as box:
+        assert box.metadata()["scale_stages"] == 2
+    res = nzip_cli("pack", src, "-o", tmp_path / "c2.nzs", "--geometry-stages", 2)
+    assert res.returncode == 1 and "--geometry codebooks" in res.stderr and not (tmp_path / "c2.nzs").exists()
 
 
-def test_lossy_rows_name_each_stored_gaussians_original(sh3, tmp_path):
-    """The hook tools use to compare codings Gaussian by Gaussian (tools/bench_geometry_vq.py)."""
+def test_geometry_codebooks_round_trip_and_more_stages_render_closer(sh3, tmp_path):
+    """Scale and rotation as Compact 3DGS's residual codebooks (geometry="codebooks"): the
+    file says so, the decoder follows it, each stage adds a codebook and brings the scene closer."""
     from nzip.formats import container
-    from nzip.scenes.codec import LEVELS, _head, _lossy_items
+    from nzip.scenes.codec import GEOMETRY_CODEWORDS
 
-    meta = _head(sh3, "low")
-    rows: list = []
-    items = _lossy_items(sh3, LEVELS["low"], meta, 0, None, rows=rows)
-    container.write(tmp_path / "m.nzs", items, metadata=meta, overwrite=True)
-    decoded, r = decode_scene(tmp_path / "m.nzs"), rows[0]
-    assert len(r) == len(decoded) < len(sh3) and len(np.unique(r)) == len(r)  # low drops its weakest tier
-    lo, hi = (np.asarray(b) for b in meta["box"])
-    cell = (hi - lo) / 2.0 ** (meta["position_bits"] - meta["position_refine"])
-    assert np.all(np.abs(decoded.positions - sh3.positions[r]) <= cell * 0.5001)  # the cell centre, up to float32 rounding
-    assert np.abs(decoded.sh_dc - sh3.sh_dc[r]).max() < LEVELS["low"]["dc_step"] * 4
+    cams = cams_for(sh3)
+    grids = encode_scene(sh3, tmp_path / "g.nzs", level="medium", views=0)
+    psnr, size = {}, {}
+    for stages in (1, 4):
+        report = encode_scene(sh3, tmp_path / f"c{stages}.nzs", level="medium", views=0, geometry="codebooks",
+                              geometry_stages=stages)
+        with container.Container(tmp_path / f"c{stages}.nzs") as box:
+            meta, names = box.metadata(), box.keys()
+        assert meta["nzip_scene"] == 8 and meta["geometry"] == "codebooks"
+        assert meta["scale_stages"] == meta["rotation_stages"] == stages
+        assert f"scale.book{stages - 1}" in names and "rotation.largest" not in names and "scale.3" not in names
+        back = decode_scene(tmp_path / f"c{stages}.nzs")
+        back.check_finite()
+        assert len(back) == report["kept"] == grids["kept"]
+        assert np.allclose(np.linalg.norm(back.rotations, axis=1), 1, atol=1e-5)
+        # each Gaussian's scales take one of at most 64^stages values (a sum of one codeword a stage)
+        assert len(np.unique(back.scales, axis=0)) <= GEOMETRY_CODEWORDS ** stages
+        psnr[stages], size[stages] = fidelity(sh3, back, cams)["psnr"], report["parts"]["scale"]
+    assert size[1] < size[4] and psnr[1] + 3 < psnr[4], (size, psnr)
+    assert grids["parts"]["scale"] + grids["parts"]["rotation"] < size[4] + report["parts"]["rotation"]
+
+
+def test_geometry_codebooks_bad_options_and_forged_files(sh3, tmp_path):
+    from nzip.formats import container
+    from nzip.scenes.codec import _item
+
+    for options in ({"geometry": "octree"}, {"geometry": "codebooks", "geometry_stages": 0},
+                    {"geometry": "codebooks", "geometry_stages": 17}, {"geometry": "codebooks", "level": "lossless"}):
+        with pytest.raises(BadParameterError, match="geometry"):
+            encode_scene(sh3, tmp_path / "x.nzs", **{"level": "low", **options})
+        assert not (tmp_path / "x.nzs").exists()
+    encode_scene(sh3, tmp_path / "c.nzs", level="low", views=0, geometry="codebooks", geometry_stages=2)
+    with container.Container(tmp_path / "c.nzs") as box:
+        meta, t = box.metadata(), box.tensors(framework="numpy")
+    past_end = t["scale.index1"].copy()
+    past_end[7] = len(t["scale.book1"])  # a codeword the book does not have
+    for forged_meta, arrays in (({**meta, "geometry": "octree"}, t), ({**meta, "scale_stages": 3}, t),
+                                ({**meta, "rotation_stages": 10 ** 6}, t), (meta, {**t, "scale.index1": past_end}),
+                                (meta, {**t, "rotation.index0": t["rotation.index0"][:-1]}),
+                                (meta, {**t, "rotation.book0": t["scale.book0"]})):
+        container.write(tmp_path / "forged.nzs", [_item(k, v) for k, v in arrays.items()], metadata=forged_meta,
+                        overwrite=True)
+        with pytest.raises(FormatError, match="inconsistent"):
+            decode_scene(tmp_path / "forged.nzs")
 
 
 def test_attribute_errors_match_reordered_gaussians_and_measure_each_attribute(sh3):

@@ -56,6 +56,11 @@ numbers below are low/medium/high's; compact takes medium's and the changes in L
   (summed weight under `hidden` pixels: inside objects, behind opaque surfaces), ~5% of
   biker's, ~10% of guitar's (both 0.59x spz at better than its fidelity), but ~18% of the
   donut's, which the bench's views do see (-8.4 dB).
+Optionally (geometry="codebooks"; `nzip pack --geometry codebooks [--geometry-stages N]`,
+format 8), scale and rotation are stored as Compact 3D Gaussian Splatting stores them
+instead: N (default 6) residual stages of 64 codewords over log scales and unit quaternions
+(canonical frames, k-means weighted as for SH rest); rotation tiers and shape rounding
+then do not apply (tools/bench_geometry_vq.py: about twice the grids' bytes for the same renders).
 Optionally (refine=steps; `nzip pack --refine N`), the SH rest codebooks are then tuned by
 gradient descent against renders of the original from cameras other than fidelity's
 (nzip.scenes.refine): the same bytes, a closer render.
@@ -81,10 +86,10 @@ exactly in depth) 0.60x. A lossy level of such a scene is stored this way (sorte
 that file is the smaller: meta "level" names the level asked for, "spz" says how it is stored.
 
 The file is an nzip container (.nz format, magic, checksums and all) whose metadata holds
-{"nzip_scene": 7, "level", "count", "sh_degree", "tiers", "columns", ...}: `nzip info` and
+{"nzip_scene": 8, "level", "count", "sh_degree", "tiers", "columns", "geometry", ...}: `nzip info` and
 `nzip verify` read it. Formats 1 (before tiers: one grid per attribute, arrays without a
 tier suffix), 2 (rotations on the importance tiers' grids), 3 (one position grid for all,
-tiers stored as they are), 4 (level arrays as rows only), 5 and 6 still decode.
+tiers stored as they are), 4 (level arrays as rows only), 5, 6 and 7 still decode.
 """
 
 from __future__ import annotations
@@ -110,8 +115,8 @@ from .scene import Scene, alpha_of
 from .spz import dequantize
 from .visibility import AUTO_MAX, VIEWS, visibility
 
-FORMAT = 7  # 7: lossless .spz grids by the context-mixing coder; 6: lossless scenes on .spz's grids as spz's integers; 5: level arrays stored as rows or columns; 4: position refinement by opacity, tiers against opacity; 3: rotation tiers; 2: tiers
-READABLE = (1, 2, 3, 4, 5, 6, 7)
+FORMAT = 8  # 8: a lossy level's scales and rotations may be residual codebooks (meta geometry); 7: lossless .spz grids by the context-mixing coder; 6: lossless scenes on .spz's grids as spz's integers; 5: level arrays stored as rows or columns; 4: position refinement by opacity, tiers against opacity; 3: rotation tiers; 2: tiers
+READABLE = (1, 2, 3, 4, 5, 6, 7, 8)
 MAX_TIERS = 9
 LEVELS = {
     "high": {"position_bits": 17, "position_refine": 3, "opacity_bits": 8, "scale_step": 1 / 48, "rotation_bits": 10,
@@ -130,6 +135,11 @@ LEVELS = {
     "low": {"position_bits": 11, "position_refine": 3, "opacity_bits": 7, "scale_step": 1 / 8, "rotation_bits": 6, "dc_step": 1 / 8,
             "rest": [64], "prune": 2, "tiers": 7, "drop_tiers": 1},
 }
+# scale and rotation codebooks (encode_scene's geometry="codebooks"): Compact 3D Gaussian
+# Splatting's 64 codewords a stage, 6 stages unless asked otherwise
+GEOMETRY_CODEWORDS = 64
+GEOMETRY_STAGES = 6
+MAX_GEOMETRY_STAGES = 16
 CANDIDATES = ("ans", "planes", "zstd", "raw")
 # about what one more array costs in the container's header (its JSON entry)
 ENTRY_BYTES = 250
@@ -334,7 +344,8 @@ def _tier_order(tier: np.ndarray) -> np.ndarray:
 
 def encode_scene(scene: Scene, path: str | os.PathLike, level: str = "medium", overwrite: bool = False,
                  threads: int = 0, seed: int = 0, refine: int = 0, device="cpu", progress=None,
-                 views: int | None = None, any_order: bool = False) -> dict:
+                 views: int | None = None, any_order: bool = False, geometry: str = "grids",
+                 geometry_stages: int = GEOMETRY_STAGES) -> dict:
     """Write `scene` as a .nzs file; returns {"level", "count", "kept", "exact", "bytes", "seconds", "parts"}.
 
     A lossy level of a scene on .spz's grids is stored losslessly (sorted) where that is
@@ -348,9 +359,21 @@ def encode_scene(scene: Scene, path: str | os.PathLike, level: str = "medium", o
     levels' tiers take into account (_seen_factor; compact also drops what they barely see),
     0 for alpha x size alone; None (the default): the level's own (compact 24, the others
     visibility.VIEWS) up to visibility.AUTO_MAX Gaussians, 0 above (12 renders of 91K
-    Gaussians take 16 s on 2 CPU cores, of 1M 309 s)."""
+    Gaussians take 16 s on 2 CPU cores, of 1M 309 s).
+
+    geometry: "grids" (the default: tiers, canonical frames, shape rounding) or "codebooks"
+    (a lossy level's scales and rotations as geometry_stages residual codebooks of 64
+    codewords, as in Compact 3D Gaussian Splatting; at medium they take 1.9-2.2x the grids'
+    bytes to render about as close: tools/bench_geometry_vq.py)."""
     if level not in (*LEVELS, "lossless"):
         raise BadParameterError(f"scene level {level!r}: one of low, compact, medium, high, lossless")
+    if geometry not in ("grids", "codebooks"):
+        raise BadParameterError(f"geometry {geometry!r}: grids or codebooks")
+    if geometry == "codebooks" and level == "lossless":
+        raise BadParameterError("geometry codebooks are for the lossy levels (lossless keeps every bit)")
+    if geometry == "codebooks" and (not isinstance(geometry_stages, int)
+                                    or not 1 <= geometry_stages <= MAX_GEOMETRY_STAGES):
+        raise BadParameterError(f"geometry codebooks take 1 to {MAX_GEOMETRY_STAGES} stages, got {geometry_stages!r}")
     if not isinstance(refine, int) or refine < 0:
         raise BadParameterError(f"refine is a number of steps (>= 0), got {refine!r}")
     if views is None:
@@ -378,7 +401,8 @@ def encode_scene(scene: Scene, path: str | os.PathLike, level: str = "medium", o
         if views:
             seen = visibility(scene, views, device=device)
             meta["importance_views"] = views
-        items = _lossy_items(scene, LEVELS[level], meta, seed, seen)
+        cfg = dict(LEVELS[level], geometry_stages=geometry_stages if geometry == "codebooks" else 0)
+        items = _lossy_items(scene, cfg, meta, seed, seen)
         if refine and scene.sh_degree:
             items = _refined(scene, items, meta, refine, device, progress)
     # no room kept for the header: the data moves once to just behind it, where the default
@@ -452,10 +476,9 @@ def _native_grid(pos: np.ndarray, lo: np.ndarray, hi: np.ndarray, coarse_bits: i
     return bits, 0, low, low + step * 2.0 ** bits
 
 
-def _lossy_items(scene: Scene, cfg: dict, meta: dict, seed: int, seen: np.ndarray | None = None,
-                 rows: list | None = None) -> list[container.Item]:
-    """The arrays of a lossy level; rows (for tools that compare codings Gaussian by
-    Gaussian) gets the scene's row of each stored Gaussian, in the stored order."""
+def _lossy_items(scene: Scene, cfg: dict, meta: dict, seed: int, seen: np.ndarray | None = None) -> list[container.Item]:
+    """The arrays of a lossy level (cfg: LEVELS' entry, geometry_stages > 0 for scale and
+    rotation codebooks)."""
     keep = _prune_mask(scene, cfg["prune"]) if cfg["prune"] else np.ones(len(scene), bool)
     up = cfg.get("seen_up", 1)  # how many tiers renders may move a Gaussian up
     if cfg.get("drop_tiers"):  # the least important tiers are not stored at all (low)
@@ -488,8 +511,6 @@ def _lossy_items(scene: Scene, cfg: dict, meta: dict, seed: int, seen: np.ndarra
     code = morton(fine >> np.uint64(refine))
     order = np.argsort(code, kind="stable")
     code, fine = code[order], fine[order]
-    if rows is not None:
-        rows.append(np.flatnonzero(keep)[order])
     deltas = np.diff(code, prepend=np.uint64(0))
     obits = cfg["opacity_bits"]
     meta.update(kept=int(n), position_bits=bits, position_refine=refine, position_alpha=POSITION_ALPHA,
@@ -520,19 +541,33 @@ def _lossy_items(scene: Scene, cfg: dict, meta: dict, seed: int, seen: np.ndarra
     predicted = np.clip(from_alpha + offset, 0, cfg["tiers"] - 1)
     items.append(_item("tier", (tier.astype(np.int64) - predicted + cfg["tiers"] - 1).astype(np.uint8)))
 
-    # rotations: the smallest three components of the unit quaternion (the largest >= 0 is
-    # implied), each a signed level of +-1/sqrt(2), and the index of the largest; the grid
-    # gains a bit per rotation tier up. Their levels are chosen with the scales' below
-    rtier = take(rtier)
-    rshift = rtier.astype(np.int64) - cfg["tiers"] // 2
-    largest = np.abs(rotations).argmax(axis=1)  # w after canonical, up to float32 near-ties
-    rot = np.where(rotations[np.arange(n), largest][:, None] < 0, -rotations, rotations)
-    m = ((1 << (cfg["rotation_bits"] - 1 + rshift)) - 1)[:, None]
+    # k-means (SH rest; scale and rotation codebooks) weighs each Gaussian's squared error by
+    # its share of a render's, (alpha x size)^2 as for the tiers: medium, same bytes,
+    # gsplat_alti 48.4 -> 57.5 dB, try_iter 47.6 -> 49.0, pod 40.6 -> 42.0 (unweighted,
+    # codewords went to the many faint Gaussians)
+    alpha, size = alpha_of(take(scene.opacity)), _size(take(scene.scales))
+    weight = (alpha * size * _seen_factor(alpha, size, None if seen is None else take(seen), up)) ** 2
+    weight = torch.as_tensor(weight / max(weight.mean(), 1e-300), dtype=torch.float32)
+
+    layouts: dict[str, list[int]] = {}
+    books_of = {}  # residual codebooks: group -> (values, codewords per stage)
+    if cfg.get("geometry_stages"):
+        books_of.update(_geometry_books(scales, rotations, cfg["geometry_stages"], n, meta))
+        grids = [("dc", take(scene.sh_dc), cfg["dc_step"])]
+    else:
+        # rotations: the smallest three components of the unit quaternion (the largest >= 0
+        # is implied), each a signed level of +-1/sqrt(2), and the index of the largest; the
+        # grid gains a bit per rotation tier up. Their levels are chosen with the scales' below
+        rtier = take(rtier)
+        rshift = rtier.astype(np.int64) - cfg["tiers"] // 2
+        largest = np.abs(rotations).argmax(axis=1)  # w after canonical, up to float32 near-ties
+        rot = np.where(rotations[np.arange(n), largest][:, None] < 0, -rotations, rotations)
+        m = ((1 << (cfg["rotation_bits"] - 1 + rshift)) - 1)[:, None]
+        grids = [("scale", scales, cfg["scale_step"]), ("dc", take(scene.sh_dc), cfg["dc_step"])]
 
     # log scales and SH DC: a grid from each column's minimum (step / 2^shift), entropy coded
     # tier by tier (the tiers' levels have different spreads)
-    layouts: dict[str, list[int]] = {}
-    for g, values, step in (("scale", scales, cfg["scale_step"]), ("dc", take(scene.sh_dc), cfg["dc_step"])):
+    for g, values, step in grids:
         values = values.astype(np.float64)
         base = np.floor(values.min(axis=0) / step) * step
         steps = (step * np.exp2(-shift))[:, None]
@@ -542,30 +577,40 @@ def _lossy_items(scene: Scene, cfg: dict, meta: dict, seed: int, seen: np.ndarra
             levels = np.rint((values - base) / steps)
         meta.update({f"{g}_step": step, f"{g}_base": base.tolist()})
         items += _by_tier(g, levels, tier, cfg["tiers"], layouts)
-    # stored as the difference from the importance tier: nearly as small as one array per
-    # tier, without six more entries in the header (~1.2 KB, 1% of a small scene's file)
-    items.append(_item("rotation.tier", (rtier.astype(np.int64) - tier + cfg["tiers"] - 1).astype(np.uint8)))
-    meta["rotation_bits"] = cfg["rotation_bits"]
-    items.append(_item("rotation.largest", largest.astype(np.uint8)))
-    items += _by_tier("rotation.small", small, rtier, cfg["tiers"], layouts)
+    if not cfg.get("geometry_stages"):
+        # stored as the difference from the importance tier: nearly as small as one array per
+        # tier, without six more entries in the header (~1.2 KB, 1% of a small scene's file)
+        items.append(_item("rotation.tier", (rtier.astype(np.int64) - tier + cfg["tiers"] - 1).astype(np.uint8)))
+        meta["rotation_bits"] = cfg["rotation_bits"]
+        items.append(_item("rotation.largest", largest.astype(np.uint8)))
+        items += _by_tier("rotation.small", small, rtier, cfg["tiers"], layouts)
     meta["columns"] = layouts
-    groups = {"rest": take(scene.sh_rest).reshape(n, -1)} if scene.sh_degree else {}
-    for g, data in groups.items():
+    if scene.sh_degree:
+        data = take(scene.sh_rest).reshape(n, -1)
         dim = data.shape[1]  # a codeword costs 2 * dim bytes: small scenes get small books
-        stages = [max(1, min(k, max(16, n // (4 * dim)))) for k in cfg[g]]
-        # k-means weighs each Gaussian's squared error by its share of a render's, (alpha x
-        # size)^2 as for the tiers: medium, same bytes, gsplat_alti 48.4 -> 57.5 dB,
-        # try_iter 47.6 -> 49.0, pod 40.6 -> 42.0 (unweighted, codewords went to the many
-        # faint Gaussians)
-        alpha, size = alpha_of(take(scene.opacity)), _size(take(scene.scales))
-        weight = (alpha * size * _seen_factor(alpha, size, None if seen is None else take(seen), up)) ** 2
-        weight = torch.as_tensor(weight / max(weight.mean(), 1e-300), dtype=torch.float32)
+        books_of["rest"] = (data, [max(1, min(k, max(16, n // (4 * dim)))) for k in cfg["rest"]])
+    for g, (data, stages) in books_of.items():
         books, indices = residual_vq(torch.as_tensor(np.asarray(data, np.float32)), stages, seed, weights=weight)
         meta[f"{g}_stages"] = len(books)
         for s, (book, idx) in enumerate(zip(books, indices)):
             items.append(_item(f"{g}.book{s}", book.numpy().astype(np.float16)))
             items.append(_item(f"{g}.index{s}", idx.numpy().astype(_index_dtype(len(book)))))
     return items
+
+
+def _geometry_books(scales: np.ndarray, rotations: np.ndarray, stages: int, n: int, meta: dict) -> dict:
+    """Scale and rotation as Compact 3D Gaussian Splatting stores them: `stages` residual
+    codebooks of GEOMETRY_CODEWORDS each, over log scales and unit quaternions (w >= 0; in
+    the canonical frames, which gather them near the identity). Not a level's default:
+    tools/bench_geometry_vq.py measures them against the grids."""
+    if not 1 <= stages <= MAX_GEOMETRY_STAGES:
+        raise BadParameterError(f"geometry codebooks take 1 to {MAX_GEOMETRY_STAGES} stages, got {stages}")
+    q = rotations.astype(np.float64)
+    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    q = np.where(q[:, :1] < 0, -q, q)  # q and -q are the same rotation
+    meta["geometry"] = "codebooks"
+    k = [min(GEOMETRY_CODEWORDS, n)] * stages
+    return {"scale": (scales, k), "rotation": (q, k)}
 
 
 def _refined(scene: Scene, items: list[container.Item], meta: dict, steps: int, device, progress) -> list[container.Item]:
@@ -640,6 +685,12 @@ def _decode_lossy(t: dict, meta: dict) -> Scene:
 
     def group(g):
         stages = int(meta[f"{g}_stages"])
+        if not 1 <= stages <= 64:
+            raise ValueError(f"{g} stages")
+        for s in range(stages):  # every index names a codeword, every stage one per Gaussian
+            book, idx = t[f"{g}.book{s}"], t[f"{g}.index{s}"]
+            if len(idx) != n or (len(idx) and int(idx.max()) >= len(book)) or book.ndim != 2:
+                raise ValueError(f"{g} codebook {s}")
         return rvq_decode([t[f"{g}.book{s}"].astype(np.float32) for s in range(stages)],
                           [t[f"{g}.index{s}"] for s in range(stages)])
 
@@ -674,7 +725,18 @@ def _decode_lossy(t: dict, meta: dict) -> Scene:
     def grid(g):
         return np.asarray(meta[f"{g}_base"]) + split(g, 3) * (float(meta[f"{g}_step"]) * np.exp2(-shift))[:, None]
 
-    scales, dc = grid("scale"), grid("dc")
+    dc = grid("dc")
+    if version >= 8 and meta.get("geometry", "grids") != "grids":
+        if meta["geometry"] != "codebooks":
+            raise ValueError(f"geometry {meta['geometry']!r}")
+        scales = group("scale").reshape(n, 3)
+        rot = group("rotation").reshape(n, 4).astype(np.float64)
+        norm = np.linalg.norm(rot, axis=1, keepdims=True)
+        rot = np.where(norm > 1e-12, rot / np.maximum(norm, 1e-12), np.array([1.0, 0, 0, 0]))
+        return Scene(positions=positions.result(), sh_dc=dc.astype(np.float32), sh_rest=rest.result(),
+                     opacity=np.log(alpha / (1 - alpha)).astype(np.float32), scales=scales.astype(np.float32),
+                     rotations=rot.astype(np.float32), antialiased=bool(meta.get("antialiased")))
+    scales = grid("scale")
     if version >= 3:  # rotation tiers, stored as differences from the tiers
         rtier = t["rotation.tier"].astype(np.int64) + tier - (count - 1)
         if len(rtier) != n or rtier.min(initial=0) < 0 or rtier.max(initial=0) >= count:

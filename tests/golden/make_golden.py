@@ -67,15 +67,18 @@ def write_storage_and_scene_files() -> None:
 
 
 def write_scene_files() -> None:
-    """Scene format 5 (level arrays stored as rows or as columns): a
-    lossy .nzs and the values it decoded to. The v2, v3 and v4 files (formats 2-4) are
-    frozen, kept to prove that those formats still decode, as the v1 ones are for format 1."""
+    """Scene format 8 (a lossy level's scales and rotations as residual codebooks): a medium
+    .nzs with geometry codebooks and the values it decoded to. Frozen, kept to prove that
+    their formats still decode: v1-v5 (formats 1-5; v5 is the latest grid layout, which
+    format 8 writes unchanged), v6 and v7 (lossless scenes on .spz's grids, formats 6 and 7,
+    written by encode_scene(golden_spz_scene(2 or 3), level="lossless"; the v3 one any_order)."""
     from nzip.scenes.codec import decode_scene, encode_scene
 
     scene = golden_scene(4000, grey=True)
-    encode_scene(scene, HERE / "v5_scene_medium.nzs", level="medium", overwrite=True, threads=1)
-    back = decode_scene(HERE / "v5_scene_medium.nzs")
-    np.savez_compressed(HERE / "v5_scene_medium_decoded.npz", **{f: getattr(back, f) for f in
+    encode_scene(scene, HERE / "v8_scene_medium_codebooks.nzs", level="medium", overwrite=True, threads=1,
+                 geometry="codebooks", geometry_stages=3)
+    back = decode_scene(HERE / "v8_scene_medium_codebooks.nzs")
+    np.savez_compressed(HERE / "v8_scene_medium_codebooks_decoded.npz", **{f: getattr(back, f) for f in
                         ("positions", "sh_dc", "sh_rest", "opacity", "scales", "rotations")})
 
 
@@ -85,18 +88,6 @@ def golden_spz_scene(version: int):
 
     scene = golden_scene()
     return dequantize(quantize(scene, version, 12), len(scene), scene.sh_degree, 12, version)
-
-
-def write_spz_scene_files() -> None:
-    """Scene format 7: lossless scenes on .spz's grids, stored as spz's integers, coded by
-    the context-mixing coder; one per rotation layout (v2 in the file's order, v3 sorted:
-    any_order). The v6 files (format 6, adaptive frequency tables) are frozen, kept to prove
-    that format 6 still decodes."""
-    from nzip.scenes.codec import encode_scene
-
-    encode_scene(golden_spz_scene(2), HERE / "v7_scene_spz2_lossless.nzs", level="lossless", overwrite=True, threads=1)
-    encode_scene(golden_spz_scene(3), HERE / "v7_scene_spz3_sorted.nzs", level="lossless", overwrite=True, threads=1,
-                 any_order=True)
 
 
 def golden_image():
@@ -149,7 +140,6 @@ def main() -> None:
          metadata={"golden": "v1"}, threads=1)
     write_storage_and_scene_files()
     write_scene_files()
-    write_spz_scene_files()
     write_lossy_files()
     write_pc_file()
 
