@@ -9,7 +9,8 @@ stage coding what the ones before left over. nzip's levels store them on grids i
 (importance and rotation tiers, canonical frames, shape-aware rounding) and offer the
 codebooks as an option (encode_scene's geometry="codebooks", `nzip pack --geometry
 codebooks`). This bench is the evidence for the default: every scene is packed at the
-level with each geometry coding, real files through the real decoder, everything else
+level with each geometry coding (and with the grids' scale step halved and a rotation bit
+more, to compare at about the 6 stages' bytes), real files through the real decoder, everything else
 (positions, opacity, colour, which Gaussians are kept) coded alike. Per coding: the bytes
 of the file's scale and rotation arrays, the whole file, and the fidelity of the whole
 scene (tools/bench_scenes.py's orbit).
@@ -27,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from nzip.scenes import codec  # noqa: E402
 from nzip.scenes.codec import GEOMETRY_CODEWORDS, decode_scene, encode_scene  # noqa: E402
 from nzip.scenes.fidelity import fidelity, renders  # noqa: E402
 from nzip.scenes.render import orbit  # noqa: E402
@@ -65,7 +67,10 @@ def main() -> int:
     width, height = (int(v) for v in args.size.split("x"))
     result = {"level": args.level, "views": args.views, "size": args.size, "codewords": GEOMETRY_CODEWORDS, "rows": []}
     path = Path(tempfile.mkdtemp()) / "scene.nzs"
-    codings = [("nzip grids", {"geometry": "grids"})]
+    # the grids with the scale step halved and a rotation bit more: about the 6 stages' bytes
+    finer = {"scale_step": codec.LEVELS[args.level]["scale_step"] / 2,
+             "rotation_bits": codec.LEVELS[args.level]["rotation_bits"] + 1}
+    codings = [("nzip grids", {"geometry": "grids"}), ("nzip grids, finer steps", {"geometry": "grids", "finer": finer})]
     codings += [(f"{s} x {GEOMETRY_CODEWORDS} residual codebooks", {"geometry": "codebooks", "geometry_stages": int(s)})
                 for s in args.stages.split(",")]
     for name, scene in each_scene(args.scenes, args.names.split(",")):
@@ -73,7 +78,13 @@ def main() -> int:
         targets = renders(scene, cams)
         row = {"scene": name, "gaussians": len(scene), "codings": []}
         for label, options in codings:
-            report = encode_scene(scene, path, level=args.level, overwrite=True, **options)
+            level = dict(codec.LEVELS[args.level])
+            codec.LEVELS[args.level] = {**level, **options.get("finer", {})}
+            try:
+                report = encode_scene(scene, path, level=args.level, overwrite=True,
+                                      **{k: v for k, v in options.items() if k != "finer"})
+            finally:
+                codec.LEVELS[args.level] = level
             f = fidelity(targets, decode_scene(path), cams)
             geometry = sum(report["parts"].get(g, 0) for g in GEOMETRY)
             row["kept"] = report["kept"]
