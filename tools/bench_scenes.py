@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from nzip.parallel import cores  # noqa: E402
 from nzip.scenes import Scene, read_scene, write_scene  # noqa: E402
 from nzip.scenes.codec import decode_scene, encode_scene  # noqa: E402
-from nzip.scenes.fidelity import fidelity, renders, side_by_side, write_png  # noqa: E402
+from nzip.scenes.fidelity import attribute_errors, fidelity, renders, side_by_side, write_png  # noqa: E402
 from nzip.scenes.render import orbit  # noqa: E402
 from nzip.scenes import spz_lossless  # noqa: E402
 from nzip.scenes.spz import read_spz, write_spz  # noqa: E402
@@ -64,7 +64,9 @@ def bench_scene(name: str, views: int, size: tuple[int, int], work: Path) -> dic
     ply_bytes = path.stat().st_size if name.endswith(".ply") else ply.stat().st_size
     cams = orbit(scene, views, *size)
     targets = renders(scene, cams)
-    row = {"scene": name, "gaussians": len(scene), "sh_degree": scene.sh_degree, "ply_bytes": ply_bytes, "levels": {}}
+    extent = float(np.linalg.norm(scene.positions.max(axis=0) - scene.positions.min(axis=0)))
+    row = {"scene": name, "gaussians": len(scene), "sh_degree": scene.sh_degree, "ply_bytes": ply_bytes,
+           "extent": extent, "levels": {}}
     if name.endswith(".spz"):
         spz_path, spz_scene = path, scene
         # the file is the scene, so its own fidelity is exact; spz's current encoder (v3, as
@@ -81,7 +83,8 @@ def bench_scene(name: str, views: int, size: tuple[int, int], work: Path) -> dic
         spz_scene = read_spz(spz_path)
         row["spz_seconds"] = time.perf_counter() - t0
     f = fidelity(targets, spz_scene, cams)
-    row["spz"] = {"bytes": spz_path.stat().st_size, "psnr": f["psnr"], "ssim": f["ssim"], "exact": f["exact"]}
+    row["spz"] = {"bytes": spz_path.stat().st_size, "psnr": f["psnr"], "ssim": f["ssim"], "exact": f["exact"],
+                  "attributes": attribute_errors(scene, spz_scene)}
     # on .spz's grids, lossless stores spz's integers; it may also sort the Gaussians
     methods = LEVELS + (["lossless any-order"] if spz_lossless.on_grid(scene) else [])
     for level in methods:
@@ -100,7 +103,8 @@ def bench_scene(name: str, views: int, size: tuple[int, int], work: Path) -> dic
                                                 "views_at_100_db": sum(v["psnr"] == 100 for v in g["per_view"])}
         row["levels"][level] = {"bytes": report["bytes"], "kept": report["kept"], "psnr": f["psnr"], "ssim": f["ssim"],
                                 "exact": f["exact"], "bits_exact": report["exact"],
-                                "pack_s": pack_s, "unpack_s": unpack_s, "parts": report["parts"]}
+                                "pack_s": pack_s, "unpack_s": unpack_s, "parts": report["parts"],
+                                "attributes": attribute_errors(scene, back)}
         print(f"  {name:26s} {level:8s} {report['bytes']:9d} B  {ply_bytes / report['bytes']:6.1f}x ply  "
               f"{report['bytes'] / row['spz']['bytes']:.2f}x spz  PSNR {f['psnr']:.2f}", file=sys.stderr, flush=True)
     return row
@@ -162,6 +166,22 @@ def table(results: dict) -> str:
             lines += ["", f"{r['scene']}, lossless any-order, on the orbit turned half a step (no camera along the grid's "
                           f"axes or diagonals): {h['psnr']:.2f} dB, {h['views_at_100_db']} of {results['views']} views at "
                           f"100 dB (identical to float rounding)."]
+    lines += ["", "Per-attribute errors, rms over the decoded Gaussians, each matched to its original "
+                  "(nzip.scenes.fidelity.attribute_errors): position in units of the scene's extent "
+                  "(its bounding box's diagonal), opacity as alpha, colour as the DC's RGB, covariance as "
+                  "|S_a - S_b| / |S_a|.", "",
+              "| scene | method | position | opacity | colour | SH rest | covariance |",
+              "|---|---|---:|---:|---:|---:|---:|"]
+    for r in results["scenes"]:
+        first = True
+        for label, v in [("spz", r["spz"])] + [(f"nzip {k}", v) for k, v in r["levels"].items()]:
+            e = v.get("attributes")
+            if not e:
+                continue
+            rest = f"{e['sh_rest']['rms']:.4f}" if "sh_rest" in e and r["sh_degree"] else ""
+            lines.append(f"| {r['scene'] if first else ''} | {label} | {e['position']['rms'] / r['extent']:.2e} | "
+                         f"{e['opacity']['rms']:.4f} | {e['colour']['rms']:.4f} | {rest} | {e['covariance']['rms']:.4f} |")
+            first = False
     sp = results.get("speed")
     if sp:
         lines += ["", f"Speed (synthetic SH3 scene of {sp['gaussians']} Gaussians, medium): pack {sp['pack_s']:.1f} s, "
