@@ -602,9 +602,7 @@ def _geometry_books(scales: np.ndarray, rotations: np.ndarray, stages: int, n: i
     """Scale and rotation as Compact 3D Gaussian Splatting stores them: `stages` residual
     codebooks of GEOMETRY_CODEWORDS each, over log scales and unit quaternions (w >= 0; in
     the canonical frames, which gather them near the identity). Not a level's default:
-    tools/bench_geometry_vq.py measures them against the grids."""
-    if not 1 <= stages <= MAX_GEOMETRY_STAGES:
-        raise BadParameterError(f"geometry codebooks take 1 to {MAX_GEOMETRY_STAGES} stages, got {stages}")
+    tools/bench_geometry_vq.py measures them against the grids. (encode_scene checks stages.)"""
     q = rotations.astype(np.float64)
     q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
     q = np.where(q[:, :1] < 0, -q, q)  # q and -q are the same rotation
