@@ -228,7 +228,7 @@ def read_any_scene(path: Path):
 
 def _pack_scene(args, src: Path) -> None:
     from .scenes import read_scene
-    from .scenes.codec import encode_scene
+    from .scenes.codec import GEOMETRY_STAGES, encode_scene
 
     dst = Path(args.output) if args.output else src.with_suffix(".nzs")
     if dst.exists() and not args.force:
@@ -242,14 +242,12 @@ def _pack_scene(args, src: Path) -> None:
         raise NzipError("--any-order is for --quality lossless (the lossy levels sort the Gaussians anyway)")
     if args.geometry_stages and args.geometry != "codebooks":
         raise NzipError("--geometry-stages is for --geometry codebooks")
-    geometry = {"geometry": args.geometry} if args.geometry else {}
-    if args.geometry_stages:
-        geometry["geometry_stages"] = args.geometry_stages
     device = args.device or ("cuda" if args.refine and _cuda() else "cpu")
     steps = _progress(args, args.refine, "refining codebooks", unit="step") if args.refine else contextlib.nullcontext()
     with steps as bar:
         report = encode_scene(scene, dst, level=level, overwrite=args.force, threads=args.threads,
-                              refine=args.refine, device=device, views=args.views, any_order=args.any_order, **geometry,
+                              refine=args.refine, device=device, views=args.views, any_order=args.any_order,
+                              geometry=args.geometry or "grids", geometry_stages=args.geometry_stages or GEOMETRY_STAGES,
                               progress=(lambda step, loss: bar.update(1)) if bar is not None else None)
     a = src.stat().st_size
     _say(args, f"{src} : {len(scene)} Gaussians, SH degree {scene.sh_degree}, level {level}: "

@@ -363,8 +363,9 @@ def encode_scene(scene: Scene, path: str | os.PathLike, level: str = "medium", o
 
     geometry: "grids" (the default: tiers, canonical frames, shape rounding) or "codebooks"
     (a lossy level's scales and rotations as geometry_stages residual codebooks of 64
-    codewords, as in Compact 3D Gaussian Splatting; at medium they take 1.9-2.2x the grids'
-    bytes to render about as close: tools/bench_geometry_vq.py)."""
+    codewords, as in Compact 3D Gaussian Splatting; at medium 6 stages take 1.96-2.13x the
+    grids' bytes for 0.2-1.8 dB, where grids with finer steps match them at 0.55-0.60x their
+    bytes: tools/bench_geometry_vq.py)."""
     if level not in (*LEVELS, "lossless"):
         raise BadParameterError(f"scene level {level!r}: one of low, compact, medium, high, lossless")
     if geometry not in ("grids", "codebooks"):
@@ -723,34 +724,34 @@ def _decode_lossy(t: dict, meta: dict) -> Scene:
     def grid(g):
         return np.asarray(meta[f"{g}_base"]) + split(g, 3) * (float(meta[f"{g}_step"]) * np.exp2(-shift))[:, None]
 
-    dc = grid("dc")
-    if version >= 8 and meta.get("geometry", "grids") != "grids":
-        if meta["geometry"] != "codebooks":
-            raise ValueError(f"geometry {meta['geometry']!r}")
+    def grid_rotations():
+        if version >= 3:  # rotation tiers, stored as differences from the tiers
+            rtier = t["rotation.tier"].astype(np.int64) + tier - (count - 1)
+            if len(rtier) != n or rtier.min(initial=0) < 0 or rtier.max(initial=0) >= count:
+                raise ValueError("rotation tiers")
+            rshift, levels = rtier - count // 2, _join_tiers(t, "rotation.small", rtier, count, 3, layouts=layouts)
+        else:
+            rshift, levels = shift, split("rotation.small", 3)
+        rbits = int(meta["rotation_bits"]) - 1 + rshift
+        if len(rbits) and not (1 <= rbits.min() and rbits.max() <= 15):
+            raise ValueError("rotation bits")
+        m = ((1 << rbits) - 1)[:, None].astype(np.float64)
+        largest = t["rotation.largest"].astype(np.int64)
+        if largest.max(initial=0) > 3:
+            raise ValueError("rotation index")
+        return quaternions(levels, m, largest)
+
+    geometry = meta.get("geometry", "grids") if version >= 8 else "grids"
+    if geometry == "grids":
+        scales, rot = grid("scale"), grid_rotations()
+    elif geometry == "codebooks":
         scales = group("scale").reshape(n, 3)
         rot = group("rotation").reshape(n, 4).astype(np.float64)
         norm = np.linalg.norm(rot, axis=1, keepdims=True)
         rot = np.where(norm > 1e-12, rot / np.maximum(norm, 1e-12), np.array([1.0, 0, 0, 0]))
-        return Scene(positions=positions.result(), sh_dc=dc.astype(np.float32), sh_rest=rest.result(),
-                     opacity=np.log(alpha / (1 - alpha)).astype(np.float32), scales=scales.astype(np.float32),
-                     rotations=rot.astype(np.float32), antialiased=bool(meta.get("antialiased")))
-    scales = grid("scale")
-    if version >= 3:  # rotation tiers, stored as differences from the tiers
-        rtier = t["rotation.tier"].astype(np.int64) + tier - (count - 1)
-        if len(rtier) != n or rtier.min(initial=0) < 0 or rtier.max(initial=0) >= count:
-            raise ValueError("rotation tiers")
-        rshift, levels = rtier - count // 2, _join_tiers(t, "rotation.small", rtier, count, 3, layouts=layouts)
     else:
-        rshift, levels = shift, split("rotation.small", 3)
-    rbits = int(meta["rotation_bits"]) - 1 + rshift
-    if len(rbits) and not (1 <= rbits.min() and rbits.max() <= 15):
-        raise ValueError("rotation bits")
-    m = ((1 << rbits) - 1)[:, None].astype(np.float64)
-    largest = t["rotation.largest"].astype(np.int64)
-    if largest.max(initial=0) > 3:
-        raise ValueError("rotation index")
-    rot = quaternions(levels, m, largest)
-    return Scene(positions=positions.result(), sh_dc=dc.astype(np.float32), sh_rest=rest.result(),
+        raise ValueError(f"geometry {geometry!r}")
+    return Scene(positions=positions.result(), sh_dc=grid("dc").astype(np.float32), sh_rest=rest.result(),
                  opacity=np.log(alpha / (1 - alpha)).astype(np.float32), scales=scales.astype(np.float32),
                  rotations=rot.astype(np.float32), antialiased=bool(meta.get("antialiased")))
 
